@@ -1,0 +1,283 @@
+"""The decoder-only transformer (Qwen2 / Llama) in Flax NNX, with layers stacked and scanned.
+
+Per-layer weights are stacked on a leading `layers` axis and the blocks run under `jax.lax.scan`,
+so a 28-layer 7B model compiles as fast as a 1-layer one and remat applies per block. The module is
+meant to be used functionally: `graphdef, state = nnx.split(model)` once, then the pure functions
+at the bottom of this file (`forward`, `token_logprobs`, `decode`) under `jax.jit`.
+
+Letters in shapes: B batch, T query length, S key length (cache slots), D hidden, H query heads,
+K key/value heads, G = H // K, E head dim, F MLP width, V vocab, L layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from autocode_jax.models.config import ModelConfig
+from autocode_jax.models.sharding import constrain
+
+_REMAT = {
+    "full": None,  # save nothing: recompute the whole block in the backward pass
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+# Finite, so a query row with no visible key (a padding row) gives a uniform softmax, not NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+class KVCache(NamedTuple):
+  """A preallocated key/value cache for incremental decoding.
+
+  k, v: [L, B, S, K, E] keys (after RoPE) and values of every slot.
+  valid: [B, S] the slot holds a real (non-padding) token.
+  index: [] int32, the next slot to write; slots are filled left to right for all rows at once.
+  """
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  index: jax.Array
+
+  @classmethod
+  def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
+               jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
+
+  # Logical axes of k and v, for sharding a cache over the mesh.
+  AXES = ("layers", "batch", "cache_seq", "act_kv_heads", "head_dim")
+
+
+def rms_norm(x_btd, w_d, eps: float):
+  """HF's RMSNorm: normalise in fp32, cast back, then scale (the weight multiplies last)."""
+  xf = x_btd.astype(jnp.float32)
+  y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+  return w_d.astype(x_btd.dtype) * y.astype(x_btd.dtype)
+
+
+def rope(x_bthe, positions_bt, theta: float):
+  """Rotary embedding in HF's half-split layout: x * cos + rotate_half(x) * sin."""
+  e = x_bthe.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))  # [E/2]
+  freqs = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [B, T, E/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, E]
+  cos, sin = jnp.cos(emb).astype(x_bthe.dtype), jnp.sin(emb).astype(x_bthe.dtype)
+  x1, x2 = jnp.split(x_bthe, 2, axis=-1)
+  return x_bthe * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def attention(q_bthe, k_bske, v_bske, q_slot_t, kv_slot_s, kv_valid_bs):
+  """Causal grouped-query attention: query t sees key s iff s is valid and slot s <= slot t."""
+  b, t, h, e = q_bthe.shape
+  k = k_bske.shape[2]
+  q = q_bthe.reshape(b, t, k, h // k, e)
+  scores = jnp.einsum("btkge,bske->bkgts", q, k_bske, preferred_element_type=jnp.float32)
+  scores = scores * (e ** -0.5)
+  visible = (kv_slot_s[None, :] <= q_slot_t[:, None])[None] & kv_valid_bs[:, None, :]  # [B, T, S]
+  scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
+  out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+  return out.reshape(b, t, h, e)
+
+
+class Transformer(nnx.Module):
+  """Qwen2 / Llama decoder. `model(tokens_bt)` returns fp32 logits [B, T, V]."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    c = config
+    pd = jnp.dtype(c.param_dtype)
+    L, D, H, K, E, F, V = (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim,
+                           c.intermediate_size, c.vocab_size)
+    normal = nnx.initializers.normal(0.02)
+
+    def param(shape, axes, init=normal):
+      return nnx.Param(init(rngs.params(), shape, pd), axes=axes)
+
+    zeros, ones = nnx.initializers.zeros, nnx.initializers.ones
+    self.embed = param((V, D), ("vocab", "embed"))
+    self.attn_norm = param((L, D), ("layers", "norm"), ones)
+    self.wq = param((L, D, H, E), ("layers", "embed", "q_heads", "head_dim"))
+    self.wk = param((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"))
+    self.wv = param((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"))
+    if c.attention_bias:
+      self.bq = param((L, H, E), ("layers", "q_heads", "head_dim"), zeros)
+      self.bk = param((L, K, E), ("layers", "kv_heads", "head_dim"), zeros)
+      self.bv = param((L, K, E), ("layers", "kv_heads", "head_dim"), zeros)
+    self.wo = param((L, H, E, D), ("layers", "q_heads", "head_dim", "embed"))
+    self.mlp_norm = param((L, D), ("layers", "norm"), ones)
+    self.w_gate = param((L, D, F), ("layers", "embed", "mlp"))
+    self.w_up = param((L, D, F), ("layers", "embed", "mlp"))
+    self.w_down = param((L, F, D), ("layers", "mlp", "embed"))
+    self.final_norm = param((D,), ("norm",), ones)
+    if not c.tie_word_embeddings:
+      self.lm_head = param((D, V), ("embed", "vocab"))
+
+  # -- blocks ---------------------------------------------------------------------------------
+
+  def _layer_params(self) -> dict[str, jax.Array]:
+    names = ["attn_norm", "wq", "wk", "wv", "wo", "mlp_norm", "w_gate", "w_up", "w_down"]
+    if self.config.attention_bias:
+      names += ["bq", "bk", "bv"]
+    return {n: getattr(self, n)[...] for n in names}
+
+  def _block(self, h_btd, p, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, cache_kv):
+    """One decoder block. With `cache_kv` = (k, v) [B, S, K, E], new keys are written at q_slot."""
+    c = self.config
+    dt = jnp.dtype(c.dtype)
+    w = {n: a.astype(dt) for n, a in p.items()}
+    x = rms_norm(h_btd, w["attn_norm"], c.rms_norm_eps)
+    q = jnp.einsum("btd,dhe->bthe", x, w["wq"])
+    k = jnp.einsum("btd,dke->btke", x, w["wk"])
+    v = jnp.einsum("btd,dke->btke", x, w["wv"])
+    if c.attention_bias:
+      q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
+    q = constrain(rope(q, positions_bt, c.rope_theta), ("batch", "seq", "act_heads", "head_dim"))
+    k = constrain(rope(k, positions_bt, c.rope_theta), ("batch", "seq", "act_kv_heads", "head_dim"))
+    v = constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
+    if cache_kv is not None:
+      start = (0, q_slot_t[0], 0, 0)
+      k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), start)
+      v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), start)
+      cache_kv = (k, v)
+    out = attention(q, k.astype(dt), v.astype(dt), q_slot_t, kv_slot_s, kv_valid_bs)
+    h_btd = h_btd + jnp.einsum("bthe,hed->btd", out, w["wo"])
+    h_btd = constrain(h_btd, ("batch", "seq", "act_embed"))
+    x = rms_norm(h_btd, w["mlp_norm"], c.rms_norm_eps)
+    gate = constrain(jnp.einsum("btd,df->btf", x, w["w_gate"]), ("batch", "seq", "act_mlp"))
+    up = constrain(jnp.einsum("btd,df->btf", x, w["w_up"]), ("batch", "seq", "act_mlp"))
+    h_btd = h_btd + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["w_down"])
+    return constrain(h_btd, ("batch", "seq", "act_embed")), cache_kv
+
+  def _trunk(self, tokens_bt, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, cache=None):
+    """Embedding, the scanned blocks and the final norm: hidden states [B, T, D]."""
+    c = self.config
+    h = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.dtype)
+    h = constrain(h, ("batch", "seq", "act_embed"))
+
+    def body(h, xs):
+      p, kv = xs
+      return self._block(h, p, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, kv)
+
+    if c.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT[c.remat], prevent_cse=False)
+    kv_in = None if cache is None else (cache.k, cache.v)
+    h, kv_out = jax.lax.scan(body, h, (self._layer_params(), kv_in))
+    return rms_norm(h, self.final_norm[...], c.rms_norm_eps), kv_out
+
+  def _unembed(self):
+    """The output projection [D, V] in the compute dtype."""
+    w = self.embed[...].T if self.config.tie_word_embeddings else self.lm_head[...]
+    return w.astype(self.config.dtype)
+
+  # -- public methods -------------------------------------------------------------------------
+
+  def hidden_states(self, tokens_bt, positions_bt=None, attention_mask_bt=None):
+    """Final-norm hidden states [B, T, D] of a full (uncached) causal forward.
+
+    positions_bt: RoPE positions, default 0..T-1 (pass cumsum(mask) - 1 for left padding).
+    attention_mask_bt: 1 for real tokens, 0 for padding; padding is never attended to.
+    """
+    b, t = tokens_bt.shape
+    slots = jnp.arange(t, dtype=jnp.int32)
+    if positions_bt is None:
+      positions_bt = jnp.broadcast_to(slots, (b, t))
+    valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
+    h, _ = self._trunk(tokens_bt, positions_bt, slots, slots, valid)
+    return h
+
+  def __call__(self, tokens_bt, positions_bt=None, attention_mask_bt=None):
+    """Logits [B, T, V] in fp32 (materialised whole: use `token_logprobs` for training)."""
+    h = self.hidden_states(tokens_bt, positions_bt, attention_mask_bt)
+    logits = jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)
+    return constrain(logits, ("batch", "seq", "act_vocab"))
+
+  def token_logprobs(self, tokens_bt, targets_bt, positions_bt=None, attention_mask_bt=None):
+    """log p(targets_bt[b, t] | tokens_bt[b, :t+1]) as fp32 [B, T].
+
+    The vocabulary projection and log-softmax run over `config.logprob_chunk` positions at a time
+    under remat, so neither the forward nor the backward pass holds fp32 [B, T, V] logits.
+    """
+    h = self.hidden_states(tokens_bt, positions_bt, attention_mask_bt)
+    b, t, d = h.shape
+    chunk = min(self.config.logprob_chunk, t)
+    n = -(-t // chunk)
+    pad = n * chunk - t
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+    tgt = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+    w = self._unembed()
+
+    @jax.checkpoint
+    def one_chunk(h_bcd, tgt_bc):
+      logits = jnp.einsum("bcd,dv->bcv", h_bcd, w, preferred_element_type=jnp.float32)
+      logits = constrain(logits, ("batch", "seq", "act_vocab"))
+      picked = jnp.take_along_axis(logits, tgt_bc[..., None], axis=-1)[..., 0]
+      return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    _, lp = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h, tgt))
+    return lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+
+  def decode(self, tokens_bt, positions_bt, cache: KVCache, attention_mask_bt=None):
+    """Runs T new tokens against the cache (prefill when T > 1, one step when T == 1).
+
+    Writes their keys/values at slots [cache.index, cache.index + T) and returns fp32 logits
+    [B, T, V] and the updated cache. Padding tokens (attention_mask 0) are stored as invalid.
+    """
+    b, t = tokens_bt.shape
+    s = cache.valid.shape[1]
+    q_slot = cache.index + jnp.arange(t, dtype=jnp.int32)
+    new_valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
+    valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
+    h, (k, v) = self._trunk(tokens_bt, positions_bt, q_slot, jnp.arange(s, dtype=jnp.int32),
+                            valid, cache)
+    logits = jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)
+    return logits, KVCache(k, v, valid, cache.index + t)
+
+
+# -- functional API: pure functions of (graphdef, state), for jax.jit ---------------------------
+
+def forward(graphdef, state, tokens_bt, positions_bt=None, attention_mask_bt=None):
+  """Logits [B, T, V]; see Transformer.__call__."""
+  return nnx.merge(graphdef, state)(tokens_bt, positions_bt, attention_mask_bt)
+
+
+def token_logprobs(graphdef, state, tokens_bt, targets_bt, positions_bt=None,
+                   attention_mask_bt=None):
+  """Per-token log-probs [B, T] of targets; see Transformer.token_logprobs."""
+  model = nnx.merge(graphdef, state)
+  return model.token_logprobs(tokens_bt, targets_bt, positions_bt, attention_mask_bt)
+
+
+def decode(graphdef, state, tokens_bt, positions_bt, cache, attention_mask_bt=None):
+  """(logits [B, T, V], cache); see Transformer.decode."""
+  return nnx.merge(graphdef, state).decode(tokens_bt, positions_bt, cache, attention_mask_bt)
+
+
+def abstract_model(config: ModelConfig) -> Transformer:
+  """The model with ShapeDtypeStructs for parameters: nothing allocated."""
+  return nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
+
+
+def count_params(config: ModelConfig) -> int:
+  """Exact parameter count, computed without allocating."""
+  state = nnx.state(abstract_model(config), nnx.Param)
+  return sum(x.size for x in jax.tree.leaves(state))
+
+
+def init_model(config: ModelConfig, seed: int = 0, mesh=None, rules=None) -> Transformer:
+  """A randomly initialised model; with a mesh, each parameter is created already sharded."""
+  from autocode_jax.models import sharding
+
+  def make_state():
+    return nnx.split(Transformer(config, rngs=nnx.Rngs(seed)))[1]
+
+  graphdef, abstract_state = nnx.split(abstract_model(config))
+  out = None
+  if mesh is not None:
+    out = sharding.state_shardings(abstract_state, mesh, rules or sharding.LOGICAL_RULES)
+  state = jax.jit(make_state, out_shardings=out)()
+  return nnx.merge(graphdef, state)
