@@ -13,11 +13,6 @@ import tokenizers
 _FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
           "special_tokens_map.json", "added_tokens.json", "chat_template.jinja")
 
-# Base models have no chat format: the messages' texts, separated by blank lines. The wording of
-# the prompts themselves lives with the prompts, not here.
-PLAIN_TEMPLATE = (
-    "{%- for m in messages %}{{ m['content'] }}{% if not loop.last %}\n\n{% endif %}{% endfor %}"
-    "{%- if add_generation_prompt %}\n\n{% endif %}")
 TEMPLATES = ("chat", "plain")
 
 
@@ -78,9 +73,7 @@ class Tokenizer:
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None: json.dumps(x, indent=indent, ensure_ascii=False)
     env.globals["raise_exception"] = self._raise
-    self._templates = {"plain": env.from_string(PLAIN_TEMPLATE)}
-    if self.chat_template is not None:
-      self._templates["chat"] = env.from_string(self.chat_template)
+    self._chat = None if self.chat_template is None else env.from_string(self.chat_template)
 
   @staticmethod
   def _raise(message):
@@ -110,10 +103,15 @@ class Tokenizer:
     """The prompt text of `messages` ({"role", "content"} dicts) under the chat or plain template."""
     if template not in TEMPLATES:
       raise TokenizerError(f"template={template!r}: expected one of {TEMPLATES}")
-    if template not in self._templates:
+    if template == "plain":
+      # Base models have no chat format: the texts, separated by blank lines. The wording of the
+      # prompts themselves lives with the prompts, not here.
+      text = "\n\n".join(m["content"] for m in messages)
+      return text + "\n\n" if add_generation_prompt else text
+    if self._chat is None:
       raise TokenizerError(f"{self.files[0]}: this tokenizer has no chat_template; "
                            "use template='plain' for base models")
-    return self._templates[template].render(
+    return self._chat.render(
         messages=messages, add_generation_prompt=add_generation_prompt,
         eos_token=self.eos_token, bos_token=self.bos_token, tools=None)
 
