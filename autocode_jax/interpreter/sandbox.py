@@ -11,18 +11,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
-import json
 import os
 import queue
-import select
 import shutil
-import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 import weakref
+
+from autocode_jax import ipc
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "sandbox_failure")
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,88 +47,37 @@ class SandboxError(RuntimeError):
   """The sandbox could not start, or was used after close()."""
 
 
-class _Worker:
+class _Worker(ipc.Helper):
+  """One sandbox server process."""
+
   def __init__(self, network: str, user: str):
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
            "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
-    self._log = tempfile.TemporaryFile()
-    self.proc = subprocess.Popen(
-        [sys.executable, "-s", "-m", "autocode_jax.interpreter.server", network, user],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env,
-        cwd="/", close_fds=True)
-    self.hello = None
+    super().__init__("autocode_jax.interpreter.server", (network, user), env)
 
   def wait_ready(self) -> dict:
-    hello = self._recv(time.monotonic() + _STARTUP_S)
-    if hello is None or not hello.get("ready"):
-      why = hello.get("error") if hello else self._stderr_tail() or "no answer"
-      self.kill()
-      raise SandboxError(f"sandbox server failed to start: {why}")
-    self.hello = hello
-    return hello
-
-  def _stderr_tail(self) -> str:
-    self._log.seek(0)
-    return self._log.read()[-2000:].decode(errors="replace").strip()
-
-  def _recv(self, deadline: float):
-    fd = self.proc.stdout.fileno()
-    buf = b""
-    need = 4
-    header_done = False
-    while len(buf) < need:
-      remaining = deadline - time.monotonic()
-      if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-        return None
-      chunk = os.read(fd, need - len(buf))
-      if not chunk:
-        return None
-      buf += chunk
-      if not header_done and len(buf) == 4:
-        need = 4 + struct.unpack("<I", buf)[0]
-        header_done = True
-    return json.loads(buf[4:])
-
-  def request(self, req: dict, deadline: float):
-    """The server's answer, or None if it died or missed the deadline."""
-    data = json.dumps(req).encode()
     try:
-      self.proc.stdin.write(struct.pack("<I", len(data)) + data)
-      self.proc.stdin.flush()
-    except (BrokenPipeError, OSError):
-      return None
-    return self._recv(deadline)
+      return super().wait_ready(_STARTUP_S)
+    except RuntimeError as e:
+      raise SandboxError(f"sandbox server failed to start: {e}") from None
 
   def kill(self) -> None:
     """Kills the server and whatever it was running, and waits (briefly) until they are gone:
     its children die with it (parent-death signal) and are reaped by init, not by us."""
     tree = _descendants(self.proc.pid)
-    for pid in [self.proc.pid] + tree:
+    for pid in tree:
       try:
         os.kill(pid, 9)
       except (ProcessLookupError, PermissionError):
         pass
-    self.proc.wait()
+    super().kill()
     deadline = time.monotonic() + 5.0
     while any(os.path.exists(f"/proc/{p}") for p in tree) and time.monotonic() < deadline:
       time.sleep(0.01)
     if self.hello:  # a killed server could not remove its working directories
       shutil.rmtree(self.hello["root"], ignore_errors=True)
-    for f in (self.proc.stdin, self.proc.stdout, self._log):
-      try:
-        f.close()
-      except OSError:
-        pass
-
-  def close(self, timeout: float = 5.0) -> None:
-    try:
-      self.proc.stdin.close()  # EOF: the server cleans up and exits
-      self.proc.wait(timeout)
-    except (OSError, subprocess.TimeoutExpired):
-      pass
-    self.kill()
 
 
 def _descendants(pid: int) -> list[int]:
@@ -151,7 +96,7 @@ def _descendants(pid: int) -> list[int]:
 
 def _shutdown(workers: list[_Worker]) -> None:
   for w in list(workers):
-    w.close(timeout=2.0)
+    w.close(timeout_s=2.0)
   workers.clear()
 
 
@@ -273,7 +218,7 @@ class Sandbox:
     with self._lock:
       workers = list(self._all)
     for w in workers:
-      w.close(timeout=2.0)
+      w.close(timeout_s=2.0)
     with self._lock:
       self._all.clear()
 

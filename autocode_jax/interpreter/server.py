@@ -17,32 +17,16 @@ import resource
 import select
 import shutil
 import signal
-import struct
 import sys
 import tempfile
 import time
 import traceback
 
+from autocode_jax import ipc
 from autocode_jax.interpreter import confine
 
 PRELOAD = ("math", "cmath", "fractions", "decimal", "itertools", "functools", "collections",
            "statistics", "random", "re", "string", "heapq", "bisect", "operator", "numpy", "sympy")
-
-
-# -- wire format ------------------------------------------------------------------------------
-
-def send(f, obj) -> None:
-  data = json.dumps(obj).encode()
-  f.write(struct.pack("<I", len(data)) + data)
-  f.flush()
-
-
-def recv(f):
-  head = f.read(4)
-  if len(head) < 4:
-    return None
-  (n,) = struct.unpack("<I", head)
-  return json.loads(f.read(n))
 
 
 # -- the child: runs the cells ----------------------------------------------------------------
@@ -357,12 +341,12 @@ def main() -> None:
   try:
     setup = setup_server(network, user)
   except BaseException as e:
-    send(stdout, {"ready": False, "error": _last_line(e)})
+    ipc.send(stdout, {"ready": False, "error": _last_line(e)})
     return
-  send(stdout, {"ready": True, "isolation": setup["isolation"], "root": setup["root"]})
+  ipc.send(stdout, {"ready": True, "isolation": setup["isolation"], "root": setup["root"]})
   try:
-    while (req := recv(stdin)) is not None:
-      send(stdout, execute(req, setup))
+    while (req := ipc.recv(stdin)) is not None:
+      ipc.send(stdout, execute(req, setup))
   finally:
     shutil.rmtree(setup["root"], ignore_errors=True)
 

@@ -1,0 +1,114 @@
+"""Loaders for the six benchmarks and the MATH / GSM8K train sets, from a directory of jsonl
+files laid out like `shared/data`, with schema checks whose errors name file, line and field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Callable
+
+from autocode_jax.data.records import Query
+from autocode_jax.grading.extract import normalize_gold
+
+
+class DataError(ValueError):
+  """A dataset file is missing or malformed; the message names the file, line and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  path: str                       # relative to the data directory
+  fields: dict[str, tuple]        # required field -> accepted types
+  problem: Callable[[dict], str]
+  ident: Callable[[dict, int], str]
+  level: Callable[[dict], int | None] = lambda r: None
+  gold_as: str = ""               # normalize_gold's dataset name, default: the dataset's
+
+
+def _math_level(value) -> int | None:
+  if isinstance(value, int):
+    return value
+  m = re.fullmatch(r"Level (\d)", str(value))
+  return int(m.group(1)) if m else None  # MATH train has two "Level ?" problems
+
+
+def _olympiad_problem(r: dict) -> str:
+  return f"{r['context']}\n\n{r['question']}" if r.get("context") else r["question"]
+
+
+DATASETS: dict[str, _Spec] = {
+    "gsm8k": _Spec("gsm8k/test.jsonl", {"question": (str,), "answer": (str,)},
+                   lambda r: r["question"], lambda r, i: f"gsm8k/test/{r.get('idx', i)}"),
+    "math500": _Spec("math500/test.jsonl",
+                     {"problem": (str,), "answer": (str,), "level": (int,), "unique_id": (str,)},
+                     lambda r: r["problem"], lambda r, i: f"math500/{r['unique_id']}",
+                     lambda r: _math_level(r["level"])),
+    "gaokao2023en": _Spec("gaokao2023en/test.jsonl", {"question": (str,), "answer": (str,)},
+                          lambda r: r["question"], lambda r, i: f"gaokao2023en/{i}"),
+    "olympiadbench": _Spec("olympiadbench/test.jsonl",
+                           {"id": (int,), "question": (str,), "final_answer": (list,)},
+                           _olympiad_problem, lambda r, i: f"olympiadbench/{r['id']}"),
+    "aime24": _Spec("aime24/test.jsonl", {"id": (int,), "problem": (str,), "answer": (str, int)},
+                    lambda r: r["problem"], lambda r, i: f"aime24/{r['id']}"),
+    "amc23": _Spec("amc23/test.jsonl", {"id": (int,), "problem": (str,), "answer": (int, float)},
+                   lambda r: r["problem"], lambda r, i: f"amc23/{r['id']}"),
+    "math_train": _Spec("math_train/train.jsonl",
+                        {"problem": (str,), "solution": (str,), "level": (str,),
+                         "unique_id": (str,)},
+                        lambda r: r["problem"], lambda r, i: f"math/{r['unique_id']}",
+                        lambda r: _math_level(r["level"])),
+    "gsm8k_train": _Spec("gsm8k/train.jsonl", {"question": (str,), "answer": (str,)},
+                         lambda r: r["question"], lambda r, i: f"gsm8k/train/{i}",
+                         gold_as="gsm8k"),
+}
+BENCHMARKS = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24", "amc23")
+TRAIN_SETS = ("math_train", "gsm8k_train")
+
+
+def read_jsonl(path: str) -> list[tuple[int, dict]]:
+  """(1-based line number, object) of every non-blank line; errors name file and line."""
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  out = []
+  with open(path, encoding="utf-8") as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
+      if not isinstance(obj, dict):
+        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+      out.append((lineno, obj))
+  return out
+
+
+def load_dataset(name: str, data_dir: str, *, raw_gold: bool = False) -> list[Query]:
+  """The queries of dataset `name` (one of DATASETS) read from `data_dir`/<its path>."""
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+  spec = DATASETS[name]
+  path = os.path.join(data_dir, spec.path)
+  queries, seen = [], set()
+  for index, (lineno, rec) in enumerate(read_jsonl(path)):
+    where = f"{path}:{lineno}"
+    for field, types in spec.fields.items():
+      if field not in rec:
+        raise DataError(f"{where}: missing field {field!r}")
+      if not isinstance(rec[field], types) or isinstance(rec[field], bool):
+        raise DataError(f"{where}: field {field!r}: expected "
+                        f"{' or '.join(t.__name__ for t in types)}, got {type(rec[field]).__name__}")
+    try:
+      gold = normalize_gold(spec.gold_as or name, rec)
+    except (KeyError, ValueError) as e:
+      raise DataError(f"{where}: {e}") from None
+    qid = spec.ident(rec, index)
+    if qid in seen:
+      raise DataError(f"{where}: duplicate id {qid!r}")
+    seen.add(qid)
+    queries.append(Query(id=qid, problem=spec.problem(rec), gold=gold, level=spec.level(rec),
+                         source=name))
+  return queries

@@ -1,0 +1,22 @@
+"""The query record shared by training and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One math problem.
+
+  id: unique within its source, e.g. "math500/test/precalculus/807.json" or "gsm8k/12".
+  problem: the question text shown to the model.
+  gold: the normalised gold answer (see grading.normalize_gold).
+  level: difficulty 1-5 where the source has one (MATH), else None.
+  source: the dataset name (a key of data.DATASETS).
+  """
+  id: str
+  problem: str
+  gold: str
+  level: int | None
+  source: str

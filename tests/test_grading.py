@@ -1,0 +1,228 @@
+"""The grader: extraction, gold normalisation, equivalence cases, time limits, shipped golds."""
+
+import time
+
+import pytest
+
+from autocode_jax.data import BENCHMARKS, load_dataset
+from autocode_jax.grading import (GraderPool, extract_answer, grade, grade_batch, last_boxed,
+                                  normalize_gold)
+
+# (prediction, gold, expected): the prediction is the extracted answer.
+CASES = [
+    # integers, thousands separators, signs
+    ("42", "42", True),
+    ("1,000", "1000", True),
+    ("1{,}000", "1000", True),
+    ("1000000", "1,000,000", True),
+    ("-7", "-7", True),
+    ("7", "-7", False),
+    ("43", "42", False),
+    # fractions and decimals
+    ("\\frac{1}{2}", "0.5", True),
+    ("\\dfrac{3}{4}", "\\frac34", True),
+    ("0.75", "\\frac{3}{4}", True),
+    ("\\frac{2}{4}", "\\frac{1}{2}", True),
+    ("\\frac{1}{3}", "\\frac{1}{2}", False),
+    ("27.0", "27", True),
+    (".5", "\\frac{1}{2}", True),
+    ("137.5", "137 \\frac{1}{2}", True),
+    ("68.5", "137 \\frac{1}{2}", False),
+    # exact comparison where float tolerance would lie
+    ("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}", False),
+    ("\\frac{1}{2^{99}}", "\\frac{1}{2^{99}}", True),
+    ("2^{-99}", "\\frac{1}{2^{99}}", True),
+    ("\\frac{1}{2004!}", "\\frac{1}{2006!}", False),
+    ("\\frac{1}{2006!}", "\\frac{1}{2006!}", True),
+    ("1-\\frac{1}{e}", "1+\\frac{1}{e}", False),
+    ("1+e^{-1}", "1+\\frac{1}{e}", True),
+    ("10^{-12}", "10^{-13}", False),
+    # radicals and pi
+    ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", True),
+    ("2\\sqrt{3}", "\\sqrt{12}", True),
+    ("\\sqrt{3}", "\\sqrt{2}", False),
+    ("8\\pi", "8 \\pi", True),
+    ("4\\pi", "8\\pi", False),
+    # percentages
+    ("25\\%", "25", True),
+    ("25", "25\\%", True),
+    ("30\\%", "25\\%", False),
+    # degrees
+    ("30^\\circ", "30", True),
+    ("30^{\\circ}", "30", True),
+    ("45", "30^\\circ", False),
+    # units in \text{}
+    ("5\\text{ cm}", "5", True),
+    ("12 \\text{ dollars}", "12", True),
+    ("\\$18", "18", True),
+    ("18\\text{ meters}", "17", False),
+    # intervals
+    ("[1,2)", "[1,2)", True),
+    ("(1,2)", "[1,2)", False),
+    ("[1,2]", "[1,2)", False),
+    ("(-\\infty, 3]", "(-\\infty,3]", True),
+    ("(0,9) \\cup (9,36)", "(0,9)\\cup(9,36)", True),
+    ("(0,9] \\cup (9,36)", "(0,9)\\cup(9,36)", False),
+    # sets and tuples
+    ("\\{1,2\\}", "\\{2,1\\}", True),
+    ("\\{1,3\\}", "\\{1,2\\}", False),
+    ("(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", True),
+    ("(1,-16,-4,43)", "(1,-16,-4,43)", True),
+    ("(1,-16,-4,42)", "(1,-16,-4,43)", False),
+    ("(2, 1)", "(1, 2)", False),
+    # matrices
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+    ("\\begin{pmatrix} 1 & 0 \\\\ 0 & 1 \\end{pmatrix}", "\\begin{pmatrix}1&0\\\\0&1\\end{pmatrix}", True),
+    ("\\begin{pmatrix} 2 \\\\ 1 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", False),
+    # equations and inequalities
+    ("x=5", "5", True),
+    ("y = 2x + 3", "y=2x+3", True),
+    ("y = 2x + 4", "y=2x+3", False),
+    ("x > 2", "(2, \\infty)", True),
+    ("x \\geq 2", "x\\ge 2", True),
+    # expressions
+    ("x^2+2x+1", "(x+1)^2", True),
+    ("x^5 - x^4 + x^3 - x^2 + x - 1", "x^5-x^4+x^3-x^2+x-1", True),
+    ("x^2-1", "x^2+1", False),
+    # several answers
+    ("2, 3", "3, 2", True),
+    ("3 \\pm 2\\sqrt{2}", "3 \\pm 2 \\sqrt{2}", True),
+    ("-2, 0, 2", "-2,0,2", True),
+    ("-2, 2", "-2,0,2", False),
+    # multiple choice
+    ("C", "C", True),
+    ("(C)", "C", True),
+    ("\\text{(C)}", "C", True),
+    ("\\textbf{(B)}", "B", True),
+    ("B", "C", False),
+    ("c", "C", False),
+    # text answers
+    ("\\text{Evelyn}", "\\text{Evelyn}", True),
+    ("Evelyn", "\\text{Evelyn}", True),
+    ("Bob", "\\text{Evelyn}", False),
+]
+
+
+@pytest.fixture(scope="module")
+def pool():
+  with GraderPool(num_workers=2, timeout_s=10) as p:
+    yield p
+
+
+def test_enough_cases():
+  assert len(CASES) >= 60
+
+
+def test_equivalence_cases(pool):
+  got = grade_batch([f"Thus \\boxed{{{p}}}." for p, _, _ in CASES], [g for _, g, _ in CASES],
+                    pool=pool, timeout_s=10)
+  wrong = [(p, g, want) for (p, g, want), ok in zip(CASES, got) if ok != want]
+  assert wrong == []
+
+
+@pytest.mark.parametrize("response, dataset, expected", [
+    ("so \\boxed{\\frac{1}{2}} and finally \\boxed{\\frac{\\sqrt{3}}{\\{2\\}}}", None,
+     "\\frac{\\sqrt{3}}{\\{2\\}}"),
+    ("\\fbox{12}", None, "12"),
+    ("it is \\boxed 7.", None, "7."),
+    ("\\boxed{\\{1, 2\\}}", None, "\\{1, 2\\}"),
+    ("unbalanced \\boxed{3 and the answer is 4.", None, "4"),
+    ("So the final answer is: $\\frac{3}{4}$. Done", None, "\\frac{3}{4}"),
+    ("The answer is 27 apples.\nok", None, "27 apples"),
+    ("She has 3 apples, then 1,250 pears.", "gsm8k", "1250"),
+    ("She has 3 apples, then 1,250 pears.", None, None),
+    ("nothing here", "gsm8k", None),
+])
+def test_extract_answer(response, dataset, expected):
+  assert extract_answer(response, dataset) == expected
+
+
+@pytest.mark.parametrize("dataset, record, gold", [
+    ("gsm8k", {"answer": "so 2+2 = <<2+2=4>>4\n#### 1,234"}, "1234"),
+    ("olympiadbench", {"final_answer": ["$69$,$84$"]}, "69, 84"),
+    ("olympiadbench", {"final_answer": ["$(1,1), (3,2)$"]}, "(1,1), (3,2)"),
+    ("amc23", {"answer": 27.0}, "27"),
+    ("amc23", {"answer": 2.5}, "2.5"),
+    ("aime24", {"answer": "033"}, "033"),
+    ("math_train", {"solution": "thus $\\boxed{\\frac{1}{2}}$."}, "\\frac{1}{2}"),
+    ("gaokao2023en", {"answer": "$145$solution:"}, "145"),
+    ("gaokao2023en", {"answer": "B"}, "B"),
+])
+def test_normalize_gold(dataset, record, gold):
+  assert normalize_gold(dataset, record) == gold
+
+
+def test_normalize_gold_names_the_field():
+  with pytest.raises(ValueError, match="'answer' has no '####'"):
+    normalize_gold("gsm8k", {"answer": "42"})
+  with pytest.raises(KeyError, match="final_answer"):
+    normalize_gold("olympiadbench", {})
+
+
+def test_last_boxed_handles_nesting():
+  assert last_boxed("\\boxed{\\frac{a}{b^{2}}}") == "\\frac{a}{b^{2}}"
+  assert last_boxed("no box") is None
+
+
+def test_no_answer_grades_false(pool):
+  assert grade("I give up.", "3", pool=pool) is False
+
+
+def test_grade_batch_checks_lengths(pool):
+  with pytest.raises(ValueError, match="2 responses but 1 golds"):
+    grade_batch(["a", "b"], ["1"], pool=pool)
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("10^{10^{10}} + 1", "10^{10^{10}}"),
+    ("(" * 10_000 + "1" + ")" * 10_000, "1"),
+    ("{" * 10_000 + "1" + "}" * 10_000, "1"),
+    ("\\frac{1}{" * 3000 + "2" + "}" * 3000, "\\frac{1}{2}"),
+], ids=["tower", "parens", "braces", "fractions"])
+def test_hostile_answers_cost_at_most_the_timeout(pool, pred, gold):
+  start = time.monotonic()
+  ok = grade(f"\\boxed{{{pred}}}", gold, pool=pool, timeout_s=2)
+  elapsed = time.monotonic() - start
+  assert ok is False
+  assert elapsed < 2 + 1.5  # the limit plus scheduling slack
+  assert grade("\\boxed{2}", "2", pool=pool) is True  # the pool still answers
+
+
+def test_timeout_kills_and_replaces_the_worker(pool):
+  kills = pool.kills
+  nested = "{" * 10_000 + "1" + "}" * 10_000  # takes the parser far longer than 0.5 s
+  ok, why = pool.call("equivalent", "1", nested, 5, timeout_s=0.5)
+  assert (ok, why) == (False, "timeout")
+  assert pool.kills == kills + 1
+  assert pool.call("equivalent", "2", "2")[1] is True
+
+
+def test_default_pool_grade():
+  assert grade("The answer is $\\boxed{\\frac{6}{8}}$", "0.75") is True
+  assert grade("\\boxed{3}", "4") is False
+
+
+# Golds that math-verify cannot parse into a mathematical object: upstream data quirks,
+# listed here so that a new failure is noticed. They are still graded, by normalised string.
+KNOWN_QUIRKS = {
+    ("gaokao2023en", 167): "empty answer; it is embedded in the question (HMMT2023General_9)",
+    ("gaokao2023en", 192): "empty answer; it is embedded in the question (052023SATS4_11)",
+    ("gaokao2023en", 83): "chained inequality 'b > a > c': math-verify keeps one relation",
+    ("olympiadbench", 34): "'m_{\\max }=n^{2}-n-1': \\max in a subscript is not parsed",
+    ("olympiadbench", 96): "'t(0,4]': a stray 't' before the interval",
+}
+
+
+def test_every_shipped_gold_parses(shared_dir, pool):
+  """Every benchmark gold normalises to something math-verify parses into a sympy object, and
+  grades equal to itself, except the listed data quirks."""
+  failures = {}
+  for name in BENCHMARKS:
+    queries = load_dataset(name, str(shared_dir / "data"))
+    parsed = pool.map("parses", [(q.gold,) for q in queries])
+    same = grade_batch([f"\\boxed{{{q.gold}}}" for q in queries], [q.gold for q in queries],
+                       pool=pool)
+    for i, (q, (ok, value), self_equal) in enumerate(zip(queries, parsed, same)):
+      if not (ok and value) or not self_equal:
+        failures[(name, i)] = q.gold
+  assert set(failures) == set(KNOWN_QUIRKS), failures
