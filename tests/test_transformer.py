@@ -68,6 +68,10 @@ def test_chunked_logprobs_equal_log_softmax(chunk):
   ref = jnp.take_along_axis(jax.nn.log_softmax(model(inputs)), targets[..., None], -1)[..., 0]
   assert lp.shape == (3, 12) and lp.dtype == jnp.float32
   np.testing.assert_allclose(lp, ref, atol=1e-5, rtol=0)
+  lp2, ent = model.token_logprobs(inputs, targets, with_entropy=True)
+  logp = jax.nn.log_softmax(model(inputs))
+  np.testing.assert_allclose(lp2, lp, atol=0, rtol=0)
+  np.testing.assert_allclose(ent, -(jnp.exp(logp) * logp).sum(-1), atol=1e-5, rtol=0)
 
 
 def test_chunked_logprobs_gradient_equals_naive_gradient():

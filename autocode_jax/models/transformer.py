@@ -196,8 +196,10 @@ class Transformer(nnx.Module):
     logits = jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)
     return constrain(logits, ("batch", "seq", "act_vocab"))
 
-  def token_logprobs(self, tokens_bt, targets_bt, positions_bt=None, attention_mask_bt=None):
-    """log p(targets_bt[b, t] | tokens_bt[b, :t+1]) as fp32 [B, T].
+  def token_logprobs(self, tokens_bt, targets_bt, positions_bt=None, attention_mask_bt=None,
+                     with_entropy: bool = False):
+    """log p(targets_bt[b, t] | tokens_bt[b, :t+1]) as fp32 [B, T]; with `with_entropy`, also the
+    entropy of each position's next-token distribution, fp32 [B, T].
 
     The vocabulary projection and log-softmax run over `config.logprob_chunk` positions at a time
     under remat, so neither the forward nor the backward pass holds fp32 [B, T, V] logits.
@@ -215,11 +217,16 @@ class Transformer(nnx.Module):
     def one_chunk(h_bcd, tgt_bc):
       logits = jnp.einsum("bcd,dv->bcv", h_bcd, w, preferred_element_type=jnp.float32)
       logits = constrain(logits, ("batch", "seq", "act_vocab"))
-      picked = jnp.take_along_axis(logits, tgt_bc[..., None], axis=-1)[..., 0]
-      return picked - jax.nn.logsumexp(logits, axis=-1)
+      lse = jax.nn.logsumexp(logits, axis=-1)
+      picked = jnp.take_along_axis(logits, tgt_bc[..., None], axis=-1)[..., 0] - lse
+      if not with_entropy:
+        return picked, None
+      probs = jnp.exp(logits - lse[..., None])
+      return picked, lse - jnp.sum(probs * logits, axis=-1)
 
-    _, lp = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h, tgt))
-    return lp.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    _, (lp, ent) = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h, tgt))
+    unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+    return (unchunk(lp), unchunk(ent)) if with_entropy else unchunk(lp)
 
   def decode(self, tokens_bt, positions_bt, cache: KVCache, attention_mask_bt=None):
     """Runs T new tokens against the cache (prefill when T > 1, one step when T == 1).
@@ -246,10 +253,10 @@ def forward(graphdef, state, tokens_bt, positions_bt=None, attention_mask_bt=Non
 
 
 def token_logprobs(graphdef, state, tokens_bt, targets_bt, positions_bt=None,
-                   attention_mask_bt=None):
-  """Per-token log-probs [B, T] of targets; see Transformer.token_logprobs."""
+                   attention_mask_bt=None, with_entropy: bool = False):
+  """Per-token log-probs [B, T] of targets (and entropies); see Transformer.token_logprobs."""
   model = nnx.merge(graphdef, state)
-  return model.token_logprobs(tokens_bt, targets_bt, positions_bt, attention_mask_bt)
+  return model.token_logprobs(tokens_bt, targets_bt, positions_bt, attention_mask_bt, with_entropy)
 
 
 def decode(graphdef, state, tokens_bt, positions_bt, cache, attention_mask_bt=None):

@@ -1,0 +1,1 @@
+"""Losses, optimizers, the sharded train step and checkpoints."""
