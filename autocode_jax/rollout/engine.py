@@ -1,0 +1,51 @@
+"""The rollout-engine interface: token ids in, token ids (with log-probs) out (METHOD.md)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Protocol, Sequence
+
+STOP_REASONS = ("stop", "eos", "length")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """temperature: 0 is greedy. top_p: nucleus mass (1 = off). top_k: 0 = off.
+  max_tokens: new tokens at most. stop: token-id sequences that end a completion (kept in its
+  output). stop_token_ids: single tokens that end it (EOS; kept too). n: completions per prompt.
+  seed: the same seed and inputs give the same completions."""
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  max_tokens: int = 256
+  stop: tuple[tuple[int, ...], ...] = ()
+  stop_token_ids: tuple[int, ...] = ()
+  n: int = 1
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature}: must be >= 0")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p={self.top_p}: must be in (0, 1]")
+    if self.top_k < 0 or self.max_tokens <= 0 or self.n <= 0:
+      raise ValueError("top_k must be >= 0, max_tokens and n positive")
+    object.__setattr__(self, "stop", tuple(tuple(int(t) for t in s) for s in self.stop))
+    if any(len(s) == 0 for s in self.stop):
+      raise ValueError("stop: empty stop sequence")
+    object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+  """One sampled continuation: its token ids, the log-prob of each under the engine's raw
+  (temperature 1, unfiltered) distribution, and why it stopped (one of STOP_REASONS)."""
+  token_ids: tuple[int, ...]
+  logprobs: tuple[float, ...]
+  stop_reason: str
+
+
+class RolloutEngine(Protocol):
+  def generate(self, prompts: Sequence[Sequence[int]],
+               params: SamplingParams) -> list[list[Completion]]:
+    """For each prompt (token ids), `params.n` completions."""

@@ -1,0 +1,170 @@
+"""`JaxSampler`: the built-in rollout engine on the Flax model (CPU, GPU, TPU; sharded).
+
+Prompts are left-padded into a few length buckets and rows into batch buckets, so calls that fit
+the same buckets reuse one compiled program; prefill fills a preallocated KV cache, then a jitted
+`while_loop` samples one token per step, detects EOS and multi-token stop sequences on device and
+exits as soon as every row is done.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from autocode_jax.models.transformer import KVCache
+from autocode_jax.rollout.engine import Completion, SamplingParams
+
+_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+_REASON = {0: "length", 1: "eos", 2: "stop"}
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+  for b in buckets:
+    if n <= b:
+      return b
+  return -(-n // buckets[-1]) * buckets[-1]
+
+
+def _pow2(n: int, floor: int = 1) -> int:
+  return max(floor, 1 << (max(n, 1) - 1).bit_length())
+
+
+def filter_logits(logits_bv, temperature, top_p, top_k):
+  """Logits of the sampling distribution: divided by temperature, then the top-k and the
+  smallest top-p nucleus kept (the most likely token always survives); others -inf."""
+  v = logits_bv.shape[-1]
+  scaled = logits_bv / jnp.maximum(temperature, 1e-6)
+  sorted_desc = jnp.sort(scaled, axis=-1)[..., ::-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+  kth = jnp.take_along_axis(sorted_desc, jnp.broadcast_to(k - 1, scaled.shape[:-1])[..., None], -1)
+  probs = jax.nn.softmax(sorted_desc, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
+  keep_sorted = before < top_p
+  # Threshold: the smallest logit still inside the nucleus.
+  nucleus_min = jnp.min(jnp.where(keep_sorted, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+  keep = (scaled >= kth) & (scaled >= nucleus_min)
+  return jnp.where(keep, scaled, -jnp.inf)
+
+
+def sample_tokens(logits_bv, key, temperature, top_p, top_k):
+  """Next tokens [B]: argmax when temperature == 0, else a draw from filter_logits."""
+  greedy = jnp.argmax(logits_bv, axis=-1)
+  drawn = jax.random.categorical(key, filter_logits(logits_bv, temperature, top_p, top_k))
+  return jnp.where(temperature == 0, greedy, drawn).astype(jnp.int32)
+
+
+def stop_hit(out_bm, length_b, stops_sl, stop_lens_s):
+  """[B] bool: the last tokens generated (out[:, :length]) end with one of the stop sequences.
+  stops_sl are right-aligned and left-padded with -1 to a common length L."""
+  if stops_sl.shape[0] == 0:
+    return jnp.zeros(out_bm.shape[0], bool)
+  l = stops_sl.shape[1]
+  idx = length_b[:, None] - l + jnp.arange(l)[None, :]  # [B, L] positions of the window
+  window = jnp.where(idx >= 0, jnp.take_along_axis(out_bm, jnp.maximum(idx, 0), 1), -2)
+  pos = jnp.arange(l)[None, :] >= (l - stop_lens_s)[:, None]  # [S, L] real part of each stop
+  match = (window[:, None, :] == stops_sl[None]) | ~pos[None]
+  long_enough = length_b[:, None] >= stop_lens_s[None, :]
+  return jnp.any(jnp.all(match, axis=-1) & long_enough, axis=-1)
+
+
+class JaxSampler:
+  """Rollouts on the Flax model. `update(state)` swaps in new weights (same structure)."""
+
+  def __init__(self, model, mesh=None, pad_id: int = 0, prompt_buckets=_PROMPT_BUCKETS,
+               min_batch: int = 8):
+    self.graphdef, self.state = nnx.split(model)
+    self.config = model.config
+    self.mesh, self.pad_id = mesh, pad_id
+    self.prompt_buckets, self.min_batch = tuple(prompt_buckets), min_batch
+    self.traces = 0  # how often the generation program was traced (tests check reuse)
+    self._run = jax.jit(self._generate, static_argnames=("max_new",))
+
+  def update(self, state) -> None:
+    self.state = state
+
+  def _generate(self, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, key, temperature,
+                top_p, top_k, max_tokens, live_b, *, max_new):
+    self.traces += 1
+    model = nnx.merge(self.graphdef, state)
+    b, p = tokens_bp.shape
+    positions = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
+    cache = KVCache.init(self.config, b, p + max_new)
+    logits, cache = model.decode(tokens_bp, positions, cache, mask_bp)
+    last = logits[:, -1]
+    next_pos = positions[:, -1] + 1
+    out = jnp.full((b, max_new), self.pad_id, jnp.int32)
+    lps = jnp.zeros((b, max_new), jnp.float32)
+    done = ~live_b
+    reason = jnp.zeros((b,), jnp.int32)
+    length = jnp.zeros((b,), jnp.int32)
+
+    def cond(c):
+      i, _, _, _, _, done, _, _, _ = c
+      return (i < max_tokens) & ~jnp.all(done)
+
+    def body(c):
+      i, cache, last, out, lps, done, reason, length, pos = c
+      tok = sample_tokens(last, jax.random.fold_in(key, i), temperature, top_p, top_k)
+      tok = jnp.where(done, self.pad_id, tok)
+      lp = jnp.take_along_axis(jax.nn.log_softmax(last), tok[:, None], 1)[:, 0]
+      out = out.at[:, i].set(tok)
+      lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
+      is_eos = jnp.any(tok[:, None] == eos_e[None, :], axis=-1) & ~done
+      is_stop = stop_hit(out, jnp.full((b,), i + 1), stops_sl, stop_lens_s) & ~done & ~is_eos
+      reason = jnp.where(is_eos, 1, jnp.where(is_stop, 2, reason))
+      length = jnp.where(done, length, i + 1)
+      done = done | is_eos | is_stop
+      logits, cache = model.decode(tok[:, None], pos[:, None], cache)
+      return i + 1, cache, logits[:, -1], out, lps, done, reason, length, pos + 1
+
+    _, _, _, out, lps, _, reason, length, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(0), cache, last, out, lps, done, reason, length, next_pos))
+    return out, lps, reason, length
+
+  def generate(self, prompts: Sequence[Sequence[int]],
+               params: SamplingParams) -> list[list[Completion]]:
+    rows = [list(p) for p in prompts for _ in range(params.n)]
+    if not rows or any(len(r) == 0 for r in rows):
+      raise ValueError("JaxSampler.generate: every prompt needs at least one token")
+    p = _bucket(max(len(r) for r in rows), self.prompt_buckets)
+    b = _pow2(len(rows), self.min_batch)
+    if self.mesh is not None:
+      shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+      b = -(-b // shards) * shards
+    tokens = np.full((b, p), self.pad_id, np.int32)
+    mask = np.zeros((b, p), np.int32)
+    for i, r in enumerate(rows):
+      tokens[i, p - len(r):] = r
+      mask[i, p - len(r):] = 1
+    mask[len(rows):, -1] = 1  # filler rows: one token, never sampled from
+    live = np.arange(b) < len(rows)
+    lmax = max((len(s) for s in params.stop), default=1)
+    stops = np.full((len(params.stop), lmax), -1, np.int32)
+    for j, s in enumerate(params.stop):
+      stops[j, lmax - len(s):] = s
+    stop_lens = np.array([len(s) for s in params.stop], np.int32)
+    eos = np.array(params.stop_token_ids or (-1,), np.int32)
+    max_new = _pow2(params.max_tokens, 16)
+    args = (self.state, tokens, mask, stops, stop_lens, eos, jax.random.PRNGKey(params.seed),
+            jnp.float32(params.temperature), jnp.float32(params.top_p), jnp.int32(params.top_k),
+            jnp.int32(params.max_tokens), live)
+    if self.mesh is not None:
+      with jax.set_mesh(self.mesh):
+        out, lps, reason, length = self._run(*args, max_new=max_new)
+    else:
+      out, lps, reason, length = self._run(*args, max_new=max_new)
+    out, lps, reason, length = (np.asarray(x) for x in (out, lps, reason, length))
+    results: list[list[Completion]] = []
+    for i in range(len(rows)):
+      r, n = int(reason[i]), int(length[i])
+      comp = Completion(tuple(int(t) for t in out[i, :n]), tuple(float(x) for x in lps[i, :n]),
+                        _REASON[r])
+      if i % params.n == 0:
+        results.append([])
+      results[-1].append(comp)
+    return results

@@ -1,0 +1,126 @@
+"""JaxSampler: greedy parity with transformers' generate, the sampling distribution, stop
+sequences, determinism, bucket reuse and mesh sharding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from flax import nnx
+
+from autocode_jax.models import from_pretrained, make_mesh, shard_state
+from autocode_jax.rollout import JaxSampler, SamplingParams
+from autocode_jax.rollout.jax_sampler import filter_logits, sample_tokens, stop_hit
+from hf_fixtures import save_tiny
+
+PROMPTS = [[5, 17, 33, 2, 9], [100, 3], [7, 8, 9, 10, 11, 12, 13], [250]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  d = tmp_path_factory.mktemp("tiny")
+  hf = save_tiny("qwen2-untied-kv2", d)
+  return hf, from_pretrained(str(d))
+
+
+def test_greedy_equals_transformers_generate(tiny):
+  hf, model = tiny
+  sampler = JaxSampler(model)
+  results = sampler.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16))
+  for prompt, (comp,) in zip(PROMPTS, results):
+    with torch.no_grad():
+      ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=16,
+                        eos_token_id=None, pad_token_id=0)[0, len(prompt):].tolist()
+    assert list(comp.token_ids) == ref
+    assert comp.stop_reason == "length" and len(comp.logprobs) == 16
+  # The log-probs are the raw model's: check one against a full forward.
+  p, comp = PROMPTS[0], results[0][0]
+  full = jnp.asarray([p + list(comp.token_ids)])
+  logp = jax.nn.log_softmax(model(full)[0])
+  want = [float(logp[len(p) - 1 + j, t]) for j, t in enumerate(comp.token_ids)]
+  np.testing.assert_allclose(comp.logprobs, want, atol=1e-4)
+
+
+def test_sampled_frequencies_match_the_top_p_softmax():
+  logits = jnp.log(jnp.array([0.35, 0.25, 0.15, 0.1, 0.08, 0.04, 0.02, 0.01]))
+  top_p, n = 0.8, 40_000
+  keys = jax.random.split(jax.random.PRNGKey(0), n)
+  draws = jax.vmap(lambda k: sample_tokens(logits[None], k, 1.0, top_p, 0)[0])(keys)
+  counts = np.bincount(np.asarray(draws), minlength=8)
+  # The nucleus: the smallest prefix of the sorted tokens with mass >= 0.8 -> tokens 0..3.
+  p = np.array([0.35, 0.25, 0.15, 0.1])
+  expected = n * p / p.sum()
+  assert counts[4:].sum() == 0
+  chi2 = float(((counts[:4] - expected) ** 2 / expected).sum())
+  assert chi2 < 16.27, (chi2, counts)  # chi-square, 3 degrees of freedom, p = 0.001
+
+
+def test_top_k_and_temperature_filtering():
+  logits = jnp.array([[3.0, 2.0, 1.0, 0.0]])
+  kept = np.isfinite(np.asarray(filter_logits(logits, 1.0, 1.0, 2)))
+  assert kept.tolist() == [[True, True, False, False]]
+  scaled = np.asarray(filter_logits(logits, 0.5, 1.0, 0))
+  np.testing.assert_allclose(scaled, [[6.0, 4.0, 2.0, 0.0]])
+  assert np.isfinite(np.asarray(filter_logits(logits, 1.0, 1e-9, 0))).sum() == 1
+
+
+def test_stop_hit_on_device():
+  out = jnp.array([[1, 2, 3, 4, 0], [1, 2, 3, 4, 0]])
+  stops = jnp.array([[-1, 3, 4], [7, 8, 9]])
+  lens = jnp.array([2, 3])
+  assert stop_hit(out, jnp.array([4, 3]), stops, lens).tolist() == [True, False]
+
+
+def test_stop_sequence_split_across_tokens(tiny):
+  _, model = tiny
+  sampler = JaxSampler(model)
+  free = sampler.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=16))[0][0]
+  stop = free.token_ids[5:8]  # three tokens the model will produce at positions 5-7
+  # Make sure the stop does not occur earlier in the output.
+  assert all(free.token_ids[i:i + 3] != stop for i in range(5))
+  cut = sampler.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=16,
+                                                      stop=(stop, (511, 510))))[0][0]
+  assert cut.stop_reason == "stop" and cut.token_ids == free.token_ids[:8]
+  eos = free.token_ids[3]
+  ended = sampler.generate([PROMPTS[0]], SamplingParams(temperature=0, max_tokens=16,
+                                                        stop_token_ids=(eos,)))[0][0]
+  first = free.token_ids.index(eos)
+  assert ended.stop_reason == "eos" and ended.token_ids == free.token_ids[:first + 1]
+
+
+def test_deterministic_under_a_seed_and_bucket_reuse(tiny):
+  _, model = tiny
+  sampler = JaxSampler(model)
+  params = SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_tokens=12, n=3, seed=7)
+  a = sampler.generate(PROMPTS[:2], params)
+  b = sampler.generate(PROMPTS[:2], params)
+  c = sampler.generate(PROMPTS[:2], SamplingParams(**{**params.__dict__, "seed": 8}))
+  assert a == b and a != c
+  assert len(a) == 2 and all(len(x) == 3 for x in a)
+  assert len({x.token_ids for x in a[0]}) == 3  # n samples differ from each other
+  traces = sampler.traces
+  sampler.generate([[1, 2, 3, 4, 5, 6]], SamplingParams(temperature=0.7, max_tokens=10, seed=1))
+  assert sampler.traces == traces  # same buckets (prompt <= 32, <= 8 rows, <= 16 new): no retrace
+
+
+def _sharded_copy(model, mesh):
+  graphdef, state = nnx.split(model)
+  return nnx.merge(graphdef, shard_state(state, mesh))
+
+
+def test_mesh_sharded_generation_equals_single_device(tiny):
+  _, model = tiny
+  mesh = make_mesh(2, 2, 2, devices=jax.devices()[:8])
+  single = JaxSampler(model).generate(PROMPTS, SamplingParams(temperature=0, max_tokens=10))
+  sharded_model = _sharded_copy(model, mesh)
+  sharded = JaxSampler(sharded_model, mesh=mesh).generate(
+      PROMPTS, SamplingParams(temperature=0, max_tokens=10))
+  assert [c[0].token_ids for c in sharded] == [c[0].token_ids for c in single]
+
+
+def test_bad_sampling_params():
+  with pytest.raises(ValueError, match="top_p"):
+    SamplingParams(top_p=0)
+  with pytest.raises(ValueError, match="empty stop"):
+    SamplingParams(stop=((),))
