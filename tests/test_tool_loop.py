@@ -1,0 +1,154 @@
+"""The tool loop: exact cases with a scripted engine (real tokenizer, real sandbox), and an
+end-to-end run with the real tiny model and JaxSampler."""
+
+import pytest
+
+from autocode_jax.interpreter import Sandbox
+from autocode_jax.models import init_model, load_tokenizer, preset
+from autocode_jax.rollout import Completion, JaxSampler, SamplingParams
+from autocode_jax.rollout.tool_loop import (Request, code_cells, fence_token_ids, output_block,
+                                            run_tool_loop)
+
+EOS = 151643
+
+
+@pytest.fixture(scope="module")
+def tok(shared_dir):
+  return load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+
+
+@pytest.fixture(scope="module")
+def fences(tok):
+  return fence_token_ids(tok)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+  with Sandbox(num_workers=2, timeout_s=1.0) as sb:
+    yield sb
+
+
+class ScriptedEngine:
+  """Plays a fixed model text per prompt, stopping like a real engine at stop tokens."""
+
+  def __init__(self, tok, scripts: dict[str, str]):
+    self.tok = tok
+    self.rows = {tuple(tok.encode(p)): tok.encode(text) + [EOS] for p, text in scripts.items()}
+    self.cursor = {k: 0 for k in self.rows}
+    self.calls = 0
+
+  def generate(self, prompts, params):
+    self.calls += 1
+    out = []
+    for ctx in prompts:
+      key = next(k for k in self.rows if tuple(ctx[:len(k)]) == k)
+      ids, start = self.rows[key], self.cursor[key]
+      end, reason = start, "length"
+      while end < len(ids) and end - start < params.max_tokens:
+        end += 1
+        if ids[end - 1] in params.stop_token_ids:
+          reason = "eos"
+          break
+      self.cursor[key] = end
+      out.append([Completion(tuple(ids[start:end]), tuple([-0.5] * (end - start)), reason)])
+    return out
+
+
+def _run(tok, fences, sandbox, scripts, max_tool_calls=4, prefix=""):
+  engine = ScriptedEngine(tok, scripts)
+  reqs = [Request(p, tuple(tok.encode(p)), tuple(tok.encode(prefix)) if prefix else (),
+                  "code_prefix" if prefix else "vanilla") for p in scripts]
+  params = SamplingParams(temperature=0, max_tokens=400, stop_token_ids=(EOS,))
+  trajs = run_tool_loop(engine, sandbox, tok, reqs, params, max_tool_calls=max_tool_calls,
+                        fence_ids=fences)
+  return {t.query_id: t for t in trajs}
+
+
+def _check_invariants(tok, t):
+  assert len(t.token_ids) == len(t.roles) == len(t.logprobs)
+  assert t.loss_mask == [int(r == "model") for r in t.roles]
+  assert all(lp == 0.0 for lp, r in zip(t.logprobs, t.roles) if r != "model")
+  assert t.text == tok.decode(t.token_ids)
+
+
+def test_block_that_raises_and_block_that_prints_nothing(tok, fences, sandbox):
+  scripts = {
+      "Q1": "Let me compute.\n```python\nprint(1/0)\n```\nSo it is undefined: \\boxed{0}.",
+      "Q2": "Store it.\n```python\nx = 5\n```\nNothing printed, \\boxed{5}.",
+  }
+  t = _run(tok, fences, sandbox, scripts)
+  q1, q2 = t["Q1"], t["Q2"]
+  for x in (q1, q2):
+    _check_invariants(tok, x)
+    assert x.label == 1 and x.num_tool_calls == 1 and x.stop_reason == "eos"
+  assert q1.tool_statuses == ["error"]
+  assert "```output\nZeroDivisionError: division by zero\n```\n" in q1.text
+  assert q1.text.endswith("So it is undefined: \\boxed{0}.<|endoftext|>")
+  assert q2.tool_statuses == ["ok"] and "```output\n\n```\n" in q2.text
+  # The tool tokens are the output block tokenised on its own, spliced in unchanged.
+  tool = [i for i, r in zip(q1.token_ids, q1.roles) if r == "tool"]
+  assert tool == tok.encode(output_block("ZeroDivisionError: division by zero", "```\n"))
+
+
+def test_block_that_times_out(tok, fences, sandbox):
+  t = _run(tok, fences, sandbox, {"Q": "```python\nwhile True:\n    pass\n```\nToo slow."})["Q"]
+  _check_invariants(tok, t)
+  assert t.tool_statuses == ["timeout"]
+  assert "```output\nTimeoutError: execution exceeded 1 s\n```" in t.text
+
+
+def test_two_blocks_share_state(tok, fences, sandbox):
+  script = ("First.\n```python\nx = 6\nprint(x)\n```\nThen.\n```python\nprint(x * 7)\n```\n"
+            "\\boxed{42}")
+  t = _run(tok, fences, sandbox, {"Q": script})["Q"]
+  _check_invariants(tok, t)
+  assert t.tool_statuses == ["ok", "ok"]
+  assert "```output\n6\n```" in t.text and "```output\n42\n```" in t.text
+  assert code_cells(t.text) == ["x = 6\nprint(x)\n", "print(x * 7)\n"]
+
+
+def test_max_tool_calls_and_no_code(tok, fences, sandbox):
+  script = "```python\nprint(1)\n```\n```python\nprint(2)\n```\ndone"
+  t = _run(tok, fences, sandbox, {"Q": script, "P": "Plain reasoning: \\boxed{3}"},
+           max_tool_calls=1)
+  assert t["Q"].tool_statuses == ["ok"] and "```output\n2" not in t["Q"].text
+  assert t["P"].label == 0 and "tool" not in t["P"].roles
+  _check_invariants(tok, t["Q"])
+
+
+def test_code_prefix_tokens_have_the_prefix_role(tok, fences, sandbox):
+  prefix = "Let's first analyze the problem, then consider if python code could help."
+  t = _run(tok, fences, sandbox, {"Q": " Sure.\n```python\nprint(2+2)\n```\n\\boxed{4}"},
+           prefix=prefix)["Q"]
+  n = len(tok.encode(prefix))
+  assert t.roles[:n] == ["prefix"] * n and t.probe == "code_prefix"
+  assert t.tool_statuses == ["ok"] and "```output\n4\n```" in t.text
+
+
+def test_real_tiny_model_end_to_end(tok, fences, sandbox):
+  cfg = preset("tiny-qwen2").replace(vocab_size=151936)
+  sampler = JaxSampler(init_model(cfg, seed=1))
+  prompt = tok.encode("What is 6 * 7?")
+  prefix = tok.encode("```python\nprint(6 * 7)\n")
+  reqs = [Request("q", tuple(prompt), tuple(prefix), "code_prefix")]
+  params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=24, n=2, seed=3,
+                          stop_token_ids=(EOS,))
+  trajs = run_tool_loop(sampler, sandbox, tok, reqs, params)
+  assert len(trajs) == 2 and trajs[0].token_ids != trajs[1].token_ids
+  for t in trajs:
+    _check_invariants(tok, t)
+    assert t.roles[:len(prefix)] == ["prefix"] * len(prefix)
+    assert len(t.token_ids) <= 24 and t.stop_reason in ("eos", "length")
+    # Whatever the random model wrote, the sampled tokens carry their sampler log-probs.
+    assert all(lp < 0 for lp, r in zip(t.logprobs, t.roles) if r == "model")
+  # Greedy is reproducible through the loop.
+  g = dict(params.__dict__, temperature=0.0, n=1)
+  a = run_tool_loop(sampler, sandbox, tok, reqs, SamplingParams(**g))[0]
+  b = run_tool_loop(sampler, sandbox, tok, reqs, SamplingParams(**g))[0]
+  assert a.token_ids == b.token_ids
+
+
+def test_fence_tokens(tok, fences):
+  assert len(fences) > 5
+  assert all("`" in tok.decode([i]) for i in fences)
+  assert set(tok.encode("```")) <= set(fences)
