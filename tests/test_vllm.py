@@ -22,7 +22,9 @@ def setup(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("export") / "policy")
   model = init_model(preset("tiny-qwen2"), seed=0)  # head_dim 32: vLLM needs >= 32
   save_pretrained(model, d)
-  engine = VllmEngine(d, dtype="float32", max_model_len=256, enforce_eager=True)
+  # On the CPU backend gpu_memory_utilization is the share of host memory vLLM reserves.
+  engine = VllmEngine(d, dtype="float32", max_model_len=256, enforce_eager=True,
+                      gpu_memory_utilization=0.1)
   return d, model, engine
 
 
