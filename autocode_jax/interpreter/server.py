@@ -2,7 +2,8 @@
 
 Started by `Sandbox` as `python -m autocode_jax.interpreter.server` with a scrubbed environment;
 it never imports JAX. It preloads the math stack once, then answers length-prefixed JSON requests
-on stdin/stdout, one at a time. Each execution runs in a fresh fork that drops privileges, takes
+on stdin/stdout, one at a time. Each execution runs in a fresh fork (made ahead of the request,
+while the pool is idle: `Spare`) that drops privileges, takes
 its limits and a fresh working directory; whatever it spawns is killed and reaped before the
 answer goes back (the server is a child subreaper, so escaped descendants come back to it).
 """
@@ -160,21 +161,48 @@ def _shown(out: bytes, total: int, limit: int) -> str:
   return text[:limit] + f"\n...[output truncated: {total} bytes in all]"
 
 
+class Spare:
+  """A child forked ahead of its request, waiting on a pipe: the fork (whose cost grows with
+  the preloaded heap) happens while the pool is idle, not while a caller waits."""
+
+  def __init__(self, setup: dict):
+    self.workdir = tempfile.mkdtemp(prefix="exec-", dir=setup["root"])
+    if setup["uid"] is not None:
+      os.chown(self.workdir, setup["uid"], setup["gid"])
+    req_r, self.req_w = os.pipe()
+    self.out_r, out_w = os.pipe()
+    self.res_r, res_w = os.pipe()
+    self.pid = os.fork()
+    if self.pid == 0:
+      for fd in (self.req_w, self.out_r, self.res_r):
+        os.close(fd)
+      data = bytearray()
+      while chunk := os.read(req_r, 65536):
+        data.extend(chunk)
+      if not data:  # the server closed the pipe: shutting down
+        os._exit(0)
+      child(json.loads(data), self.workdir, out_w, res_w, setup)
+    for fd in (req_r, out_w, res_w):
+      os.close(fd)
+
+  def start(self, req: dict) -> None:
+    os.write(self.req_w, json.dumps(req).encode())  # small: fits the pipe buffer
+    os.close(self.req_w)
+
+  def discard(self) -> None:
+    os.close(self.req_w)  # it reads EOF and exits
+    os.waitpid(self.pid, 0)
+    for fd in (self.out_r, self.res_r):
+      os.close(fd)
+    shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 def execute(req: dict, setup: dict) -> dict:
   timeout, cap = req["timeout_s"], req["output_limit_bytes"]
   keep = 4 * req["max_output_chars"] + 64  # bytes kept: enough for the chars shown
-  workdir = tempfile.mkdtemp(prefix="exec-", dir=setup["root"])
-  if setup["uid"] is not None:
-    os.chown(workdir, setup["uid"], setup["gid"])
-  out_r, out_w = os.pipe()
-  res_r, res_w = os.pipe()
-  pid = os.fork()
-  if pid == 0:
-    os.close(out_r)
-    os.close(res_r)
-    child(req, workdir, out_w, res_w, setup)
-  os.close(out_w)
-  os.close(res_w)
+  spare = setup.pop("spare", None) or Spare(setup)
+  spare.start(req)
+  pid, workdir, out_r, res_r = spare.pid, spare.workdir, spare.out_r, spare.res_r
   for fd in (out_r, res_r):
     os.set_blocking(fd, False)
   pidfd = os.pidfd_open(pid)
@@ -345,9 +373,14 @@ def main() -> None:
     return
   ipc.send(stdout, {"ready": True, "isolation": setup["isolation"], "root": setup["root"]})
   try:
+    setup["spare"] = Spare(setup)
     while (req := ipc.recv(stdin)) is not None:
-      ipc.send(stdout, execute(req, setup))
+      answer = execute(req, setup)
+      setup["spare"] = Spare(setup)  # before answering, so the process count is steady
+      ipc.send(stdout, answer)
   finally:
+    if "spare" in setup:
+      setup["spare"].discard()
     shutil.rmtree(setup["root"], ignore_errors=True)
 
 
