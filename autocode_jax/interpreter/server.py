@@ -3,9 +3,9 @@
 Started by `Sandbox` as `python -m autocode_jax.interpreter.server` with a scrubbed environment;
 it never imports JAX. It preloads the math stack once, then answers length-prefixed JSON requests
 on stdin/stdout, one at a time. Each execution runs in a fresh fork (made ahead of the request,
-while the pool is idle: `Spare`) that drops privileges, takes
-its limits and a fresh working directory; whatever it spawns is killed and reaped before the
-answer goes back (the server is a child subreaper, so escaped descendants come back to it).
+while the pool is idle: `Spare`) that drops privileges, takes its limits and a fresh working
+directory; whatever it spawns is killed and reaped before the answer goes back (the server is a
+child subreaper, so escaped descendants come back to it).
 """
 
 from __future__ import annotations
