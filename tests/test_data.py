@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from autocode_jax.data import (BENCHMARKS, CODE_PREFIX, DATASETS, DataError, build_prompt,
+from autocode_jax.data import (CODE_PREFIX, DATASETS, DataError, build_prompt,
                                load_dataset, stratified_sample)
 from autocode_jax.models import load_tokenizer
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import queue
-import sys
 import threading
 import time
 import weakref

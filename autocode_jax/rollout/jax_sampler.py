@@ -8,7 +8,6 @@ exits as soon as every row is done.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax

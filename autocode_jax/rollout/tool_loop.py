@@ -17,7 +17,7 @@ import dataclasses
 import re
 from typing import Sequence
 
-from autocode_jax.rollout.engine import RolloutEngine, SamplingParams
+from autocode_jax.rollout.engine import Completion, RolloutEngine, SamplingParams
 
 ROLES = ("prefix", "model", "tool")
 _BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
@@ -83,8 +83,9 @@ def output_block(output: str, after: str) -> str:
 def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[Request],
                   params: SamplingParams, *, max_tool_calls: int = 4,
                   fence_ids: Sequence[int] | None = None) -> list[Trajectory]:
-  """Rolls out `params.n` trajectories per request; `params.max_tokens` bounds each response
-  (prefix, model and tool tokens together)."""
+  """Rolls out `params.n` trajectories per request. No model token is sampled once a response
+  (prefix, model and tool tokens together) holds `params.max_tokens`; the last tool output may
+  overshoot it."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
   trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids)) for r in requests
            for _ in range(params.n)]
@@ -101,20 +102,22 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
     active = [i for i in active if budgets[i] > 0]
     if not active:
       break
-    # One engine call per distinct budget keeps every row's max_tokens exact.
+    # One engine call for the rows that may still call tools and one for the rest, each with the
+    # largest budget among them; a row's completion is then cut to its own budget (sampling is
+    # causal, so what comes before the cut is unaffected).
     results = {}
-    for budget in sorted(set(budgets[i] for i in active)):
-      rows = [i for i in active if budgets[i] == budget]
-      can_call = [trajs[i].num_tool_calls < max_tool_calls for i in rows]
-      for allow in (True, False):
-        sub = [i for i, ok in zip(rows, can_call) if ok == allow]
-        if not sub:
-          continue
-        sp = dataclasses.replace(
-            params, n=1, max_tokens=budget, seed=params.seed + 1000 * round_ + budget,
-            stop_token_ids=tuple(params.stop_token_ids) + (fences if allow else ()))
-        out = engine.generate([trajs[i].prompt_ids + trajs[i].token_ids for i in sub], sp)
-        results.update({i: c[0] for i, c in zip(sub, out)})
+    for allow in (True, False):
+      sub = [i for i in active if (trajs[i].num_tool_calls < max_tool_calls) == allow]
+      if not sub:
+        continue
+      sp = dataclasses.replace(
+          params, n=1, max_tokens=max(budgets[i] for i in sub), seed=params.seed + 1000 * round_,
+          stop_token_ids=tuple(params.stop_token_ids) + (fences if allow else ()))
+      out = engine.generate([trajs[i].prompt_ids + trajs[i].token_ids for i in sub], sp)
+      for i, (comp,) in zip(sub, out):
+        if len(comp.token_ids) > budgets[i]:
+          comp = Completion(comp.token_ids[:budgets[i]], comp.logprobs[:budgets[i]], "length")
+        results[i] = comp
     to_run, still = [], []
     for i in active:
       t, comp = trajs[i], results[i]

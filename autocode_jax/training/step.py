@@ -131,10 +131,9 @@ def loss_and_grads(params, graphdef, batch, cfg: LossConfig, micro_batch: int | 
     raise ValueError(f"batch of {b} rows is not a multiple of micro_batch={micro_batch}")
   denoms = denominators(batch, cfg)
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-  units_key = "policy_mask"
 
   def units(mb):  # what the policy statistics average over, per micro-batch
-    m = mb[units_key]
+    m = mb["policy_mask"]
     return jnp.sum(jnp.any(m > 0, -1)) if cfg.ratio_level == "sequence" else jnp.sum(m)
 
   def body(carry, mb):
