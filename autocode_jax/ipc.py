@@ -10,6 +10,8 @@ import struct
 import time
 from typing import BinaryIO
 
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def send(f: BinaryIO, obj) -> None:
   data = json.dumps(obj).encode()
@@ -46,13 +48,17 @@ class Helper:
   """A helper process `python -m <module> <args>` speaking this protocol on stdin/stdout.
 
   Its first message says whether it started: {"ready": true, ...} or {"ready": false, "error"}.
-  Started fresh with subprocess (never forked from the caller, which may hold JAX and threads).
+  Started fresh with subprocess (never forked from the caller, which may hold JAX and threads),
+  with `env` (default: the caller's) plus this package's root on PYTHONPATH, so that `-m` finds
+  the module whether or not the package is installed.
   """
 
   def __init__(self, module: str, args: tuple[str, ...] = (), env: dict | None = None):
     import subprocess
     import sys
     import tempfile
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
     self._log = tempfile.TemporaryFile()
     self.proc = subprocess.Popen([sys.executable, "-s", "-m", module, *args],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
@@ -101,3 +107,10 @@ class Helper:
     except Exception:  # noqa: BLE001 - a broken pipe or a timeout both end in kill()
       pass
     self.kill()
+
+
+def close_all(helpers: list) -> None:
+  """Closes every helper of the list (in place) and empties it; a weakref.finalize target."""
+  for h in list(helpers):
+    h.close(timeout_s=2.0)
+  helpers.clear()

@@ -17,21 +17,13 @@ import weakref
 from autocode_jax import ipc
 
 FUNCS = ("equivalent", "parses")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class _Worker(ipc.Helper):
   def __init__(self, memory_mb: int):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
-    env.pop("XLA_FLAGS", None)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     super().__init__("autocode_jax.grading.worker", (str(memory_mb),), env)
     self.ready = False
-
-
-def _stop(workers: list) -> None:
-  for w in list(workers):
-    w.close(timeout_s=2.0)
 
 
 class GraderPool:
@@ -51,7 +43,7 @@ class GraderPool:
       w = _Worker(memory_mb)
       self._workers.append(w)
       self._idle.put(w)
-    self._finalizer = weakref.finalize(self, _stop, self._workers)
+    self._finalizer = weakref.finalize(self, ipc.close_all, self._workers)
     self._executor = concurrent.futures.ThreadPoolExecutor(self.num_workers, "grader")
     self.kills = 0
 

@@ -21,7 +21,6 @@ import weakref
 from autocode_jax import ipc
 
 STATUSES = ("ok", "error", "timeout", "memory", "output_limit", "sandbox_failure")
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Passed through to the server: OpenBLAS misbehaves on some CPUs without these.
 _PASS_ENV = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 _STARTUP_S = 120.0  # preloading sympy on a loaded 2-core machine can take a while
@@ -51,8 +50,7 @@ class _Worker(ipc.Helper):
   """One sandbox server process."""
 
   def __init__(self, network: str, user: str):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _PACKAGE_ROOT,
-           "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "OPENBLAS_NUM_THREADS": "1",
            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.update({k: os.environ[k] for k in _PASS_ENV if k in os.environ})
     super().__init__("autocode_jax.interpreter.server", (network, user), env)
@@ -92,12 +90,6 @@ def _descendants(pid: int) -> list[int]:
     out.extend(kids)
     frontier.extend(kids)
   return out
-
-
-def _shutdown(workers: list[_Worker]) -> None:
-  for w in list(workers):
-    w.close(timeout_s=2.0)
-  workers.clear()
 
 
 class Sandbox:
@@ -140,7 +132,7 @@ class Sandbox:
     self._all: list[_Worker] = []
     self._lock = threading.Lock()
     self._closed = False
-    self._finalizer = weakref.finalize(self, _shutdown, self._all)
+    self._finalizer = weakref.finalize(self, ipc.close_all, self._all)
     self.restarts = 0
     workers = [_Worker(network, user) for _ in range(num_workers)]
     self._all.extend(workers)
@@ -215,12 +207,7 @@ class Sandbox:
     self._closed = True
     if hasattr(self, "_executor"):
       self._executor.shutdown(wait=False)
-    with self._lock:
-      workers = list(self._all)
-    for w in workers:
-      w.close(timeout_s=2.0)
-    with self._lock:
-      self._all.clear()
+    self._finalizer()  # ipc.close_all over the workers, at most once
 
   def __enter__(self) -> "Sandbox":
     return self
