@@ -193,3 +193,13 @@ def test_resume_after_sigkill_gives_equal_parameters(tmp_path):
   assert len(a.files) == len(b.files) > 0
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_missing_batch_field_is_named(model_parts):
+  graphdef, params = model_parts
+  batch = make_batch()
+  del batch["prefix_mask"]
+  with pytest.raises(ValueError, match=r"lacks field\(s\) \['prefix_mask'\]"):
+    loss_and_grads(params, graphdef, batch, LossConfig())
+  with pytest.raises(ValueError, match="ref_logprobs"):
+    loss_and_grads(params, graphdef, make_batch(), LossConfig(kl_coef=0.1))

@@ -41,15 +41,15 @@ class KVCache(NamedTuple):
   valid: jax.Array
   index: jax.Array
 
+  # Logical axes of k and v: the cache is sharded like the activations it holds.
+  AXES = ("layers", "batch", "cache_seq", "act_kv_heads", "head_dim")
+
   @classmethod
   def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype),
-               jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
-
-  # Logical axes of k and v, for sharding a cache over the mesh.
-  AXES = ("layers", "batch", "cache_seq", "act_kv_heads", "head_dim")
+    zeros = lambda: constrain(jnp.zeros(shape, dtype), cls.AXES)
+    return cls(zeros(), zeros(), jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
 def rms_norm(x_btd, w_d, eps: float):

@@ -29,8 +29,7 @@ from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
 
 BATCH_KEYS = ("tokens", "attention_mask", "policy_mask", "prefix_mask", "old_logprobs",
-              "advantages")
-OPTIONAL_KEYS = ("ref_logprobs", "unlikelihood_mask")
+              "advantages")  # plus ref_logprobs with kl_coef, unlikelihood_mask with its coef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +124,11 @@ def _split(batch, micro_batch: int):
 
 def loss_and_grads(params, graphdef, batch, cfg: LossConfig, micro_batch: int | None = None):
   """(loss, metrics, grads) over the batch, accumulated over micro-batches of `micro_batch` rows."""
+  missing = [k for k in BATCH_KEYS if k not in batch]
+  missing += [k for k, coef in (("ref_logprobs", cfg.kl_coef),
+                                ("unlikelihood_mask", cfg.unlikelihood_coef)) if coef and k not in batch]
+  if missing:
+    raise ValueError(f"train batch lacks field(s) {missing}; it has {sorted(batch)}")
   b = batch["tokens"].shape[0]
   micro_batch = micro_batch or b
   if b % micro_batch:
