@@ -1,6 +1,8 @@
 """JaxSampler: greedy parity with transformers' generate, the sampling distribution, stop
 sequences, determinism, bucket reuse and mesh sharding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +48,7 @@ def test_sampled_frequencies_match_the_top_p_softmax():
   logits = jnp.log(jnp.array([0.35, 0.25, 0.15, 0.1, 0.08, 0.04, 0.02, 0.01]))
   top_p, n = 0.8, 40_000
   keys = jax.random.split(jax.random.PRNGKey(0), n)
-  draws = jax.vmap(lambda k: sample_tokens(logits[None], k, 1.0, top_p, 0)[0])(keys)
+  draws = jax.vmap(lambda k: sample_tokens(logits[None], k[None], 1.0, top_p, 0)[0])(keys)
   counts = np.bincount(np.asarray(draws), minlength=8)
   # The nucleus: the smallest prefix of the sorted tokens with mass >= 0.8 -> tokens 0..3.
   p = np.array([0.35, 0.25, 0.15, 0.1])
@@ -102,6 +104,32 @@ def test_deterministic_under_a_seed_and_bucket_reuse(tiny):
   traces = sampler.traces
   sampler.generate([[1, 2, 3, 4, 5, 6]], SamplingParams(temperature=0.7, max_tokens=10, seed=1))
   assert sampler.traces == traces  # same buckets (prompt <= 32, <= 8 rows, <= 16 new): no retrace
+
+
+def test_per_prompt_seeds_make_a_prompt_independent_of_its_batch(tiny):
+  _, model = tiny
+  sampler = JaxSampler(model)
+  params = SamplingParams(temperature=1.0, max_tokens=12, n=2)
+  together = sampler.generate(PROMPTS[:3], params, seeds=[11, 22, 33])
+  alone = sampler.generate([PROMPTS[1]], params, seeds=[22])
+  reordered = sampler.generate([PROMPTS[2], PROMPTS[1]], params, seeds=[33, 22])
+  assert together[1] == alone[0] == reordered[1]
+  assert together[2] == reordered[0]
+  assert sampler.generate([PROMPTS[1]], params, seeds=[23])[0] != alone[0]
+  with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+    sampler.generate(PROMPTS[:3], params, seeds=[1, 2])
+
+
+def test_banned_tokens_are_never_sampled(tiny):
+  _, model = tiny
+  sampler = JaxSampler(model)
+  free = sampler.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16))
+  banned = sorted({t for c in free for t in c[0].token_ids})[:20]
+  params = SamplingParams(temperature=1.0, max_tokens=16, n=4, banned_token_ids=banned)
+  out = sampler.generate(PROMPTS, params) + sampler.generate(
+      PROMPTS, dataclasses.replace(params, temperature=0, n=1))
+  drawn = {t for row in out for c in row for t in c.token_ids}
+  assert drawn and not drawn & set(banned)
 
 
 def _sharded_copy(model, mesh):

@@ -37,7 +37,7 @@ class ScriptedEngine:
     self.cursor = {k: 0 for k in self.rows}
     self.calls = 0
 
-  def generate(self, prompts, params):
+  def generate(self, prompts, params, seeds=None):
     self.calls += 1
     out = []
     for ctx in prompts:
@@ -146,6 +146,20 @@ def test_real_tiny_model_end_to_end(tok, fences, sandbox):
   a = run_tool_loop(sampler, sandbox, tok, reqs, SamplingParams(**g))[0]
   b = run_tool_loop(sampler, sandbox, tok, reqs, SamplingParams(**g))[0]
   assert a.token_ids == b.token_ids
+
+
+def test_seeded_requests_do_not_depend_on_their_batch(tok, fences, sandbox):
+  sampler = JaxSampler(init_model(preset("tiny-qwen2").replace(vocab_size=151936), seed=2))
+  reqs = [Request(q, tuple(tok.encode(q)), seed=s)
+          for q, s in (("What is 2+2?", 5), ("Compute 3*3.", 6), ("Find 10-1.", 7))]
+  params = SamplingParams(temperature=1.0, max_tokens=16, n=2, stop_token_ids=(EOS,))
+  together = run_tool_loop(sampler, sandbox, tok, reqs, params, fence_ids=fences)
+  alone = run_tool_loop(sampler, sandbox, tok, reqs[1:2], params, fence_ids=fences)
+  assert [t.token_ids for t in together[2:4]] == [t.token_ids for t in alone]
+  assert together[2].token_ids != together[3].token_ids  # the n samples differ
+  with pytest.raises(ValueError, match="every request has a seed or none"):
+    run_tool_loop(sampler, sandbox, tok, [reqs[0], Request("x", (1, 2))], params,
+                  fence_ids=fences)
 
 
 def test_fence_tokens(tok, fences):

@@ -52,6 +52,22 @@ def test_stop_tokens_and_n_samples(setup):
   assert all(len(c.token_ids) == 8 and all(lp <= 0 for lp in c.logprobs) for r in sampled for c in r)
 
 
+def test_per_prompt_seeds_and_banned_tokens(setup):
+  _, model, engine = setup
+  params = SamplingParams(temperature=1.0, max_tokens=8, n=2)
+  together = engine.generate(PROMPTS, params, seeds=[4, 5, 6])
+  alone = engine.generate(PROMPTS[1:2], params, seeds=[5])
+  assert together[1] == alone[0]
+  free = engine.generate(PROMPTS, GREEDY)
+  banned = sorted({t for r in free for t in r[0].token_ids})
+  out = engine.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16,
+                                                banned_token_ids=banned))
+  ours = JaxSampler(model).generate(PROMPTS, SamplingParams(temperature=0, max_tokens=16,
+                                                            banned_token_ids=banned))
+  assert [r[0].token_ids for r in out] == [r[0].token_ids for r in ours]
+  assert not {t for r in out for t in r[0].token_ids} & set(banned)
+
+
 def test_output_follows_new_weights_after_reload(setup):
   d, model, engine = setup
   before = engine.generate(PROMPTS, GREEDY)

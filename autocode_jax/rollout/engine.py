@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Protocol, Sequence
 
 STOP_REASONS = ("stop", "eos", "length")
@@ -12,14 +13,17 @@ STOP_REASONS = ("stop", "eos", "length")
 class SamplingParams:
   """temperature: 0 is greedy. top_p: nucleus mass (1 = off). top_k: 0 = off.
   max_tokens: new tokens at most. stop: token-id sequences that end a completion (kept in its
-  output). stop_token_ids: single tokens that end it (EOS; kept too). n: completions per prompt.
-  seed: the same seed and inputs give the same completions."""
+  output). stop_token_ids: single tokens that end it (EOS; kept too). banned_token_ids: tokens
+  never sampled (their logits are masked; the reported log-probs stay the raw ones). n:
+  completions per prompt. seed: the same seed and inputs give the same completions; `generate`'s
+  per-prompt `seeds`, when given, take its place."""
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
   max_tokens: int = 256
   stop: tuple[tuple[int, ...], ...] = ()
   stop_token_ids: tuple[int, ...] = ()
+  banned_token_ids: tuple[int, ...] = ()
   n: int = 1
   seed: int = 0
 
@@ -34,6 +38,7 @@ class SamplingParams:
     if any(len(s) == 0 for s in self.stop):
       raise ValueError("stop: empty stop sequence")
     object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+    object.__setattr__(self, "banned_token_ids", tuple(int(t) for t in self.banned_token_ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +50,14 @@ class Completion:
   stop_reason: str
 
 
+def derive_seed(*parts) -> int:
+  """A 31-bit seed that is a stable function of `parts` (str / int), across runs and hosts."""
+  digest = hashlib.blake2b("/".join(str(p) for p in parts).encode(), digest_size=8).digest()
+  return int.from_bytes(digest, "little") % 2**31
+
+
 class RolloutEngine(Protocol):
-  def generate(self, prompts: Sequence[Sequence[int]],
-               params: SamplingParams) -> list[list[Completion]]:
-    """For each prompt (token ids), `params.n` completions."""
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """For each prompt (token ids), `params.n` completions. With `seeds` (one per prompt), a
+    prompt's completions depend on its own seed only, not on the other prompts of the call."""

@@ -50,11 +50,18 @@ def filter_logits(logits_bv, temperature, top_p, top_k):
   return jnp.where(keep, scaled, -jnp.inf)
 
 
-def sample_tokens(logits_bv, key, temperature, top_p, top_k):
-  """Next tokens [B]: argmax when temperature == 0, else a draw from filter_logits."""
+def sample_tokens(logits_bv, keys_b, temperature, top_p, top_k):
+  """Next tokens [B]: argmax when temperature == 0, else a draw from filter_logits, row b with
+  its own key keys_b[b] (so a row's draws do not depend on the other rows)."""
   greedy = jnp.argmax(logits_bv, axis=-1)
-  drawn = jax.random.categorical(key, filter_logits(logits_bv, temperature, top_p, top_k))
+  filtered = filter_logits(logits_bv, temperature, top_p, top_k)
+  drawn = jax.vmap(jax.random.categorical)(keys_b, filtered)
   return jnp.where(temperature == 0, greedy, drawn).astype(jnp.int32)
+
+
+@jax.jit
+def _row_keys(seeds_b, index_b):
+  return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(seeds_b, index_b)
 
 
 def stop_hit(out_bm, length_b, stops_sl, stop_lens_s):
@@ -86,8 +93,8 @@ class JaxSampler:
   def update(self, state) -> None:
     self.state = state
 
-  def _generate(self, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, key, temperature,
-                top_p, top_k, max_tokens, live_b, *, max_new):
+  def _generate(self, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, banned_v, keys_b,
+                temperature, top_p, top_k, max_tokens, live_b, *, max_new):
     self.traces += 1
     model = nnx.merge(self.graphdef, state)
     b, p = tokens_bp.shape
@@ -108,7 +115,8 @@ class JaxSampler:
 
     def body(c):
       i, cache, last, out, lps, done, reason, length, pos = c
-      tok = sample_tokens(last, jax.random.fold_in(key, i), temperature, top_p, top_k)
+      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_b)
+      tok = sample_tokens(jnp.where(banned_v, -jnp.inf, last), step_keys, temperature, top_p, top_k)
       tok = jnp.where(done, self.pad_id, tok)
       lp = jnp.take_along_axis(jax.nn.log_softmax(last), tok[:, None], 1)[:, 0]
       out = out.at[:, i].set(tok)
@@ -125,8 +133,12 @@ class JaxSampler:
         cond, body, (jnp.int32(0), cache, last, out, lps, done, reason, length, next_pos))
     return out, lps, reason, length
 
-  def generate(self, prompts: Sequence[Sequence[int]],
-               params: SamplingParams) -> list[list[Completion]]:
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
+    prompt p's seed is params.seed + p."""
+    if seeds is not None and len(seeds) != len(prompts):
+      raise ValueError(f"JaxSampler.generate: {len(seeds)} seeds for {len(prompts)} prompts")
     rows = [list(p) for p in prompts for _ in range(params.n)]
     if not rows or any(len(r) == 0 for r in rows):
       raise ValueError("JaxSampler.generate: every prompt needs at least one token")
@@ -148,8 +160,15 @@ class JaxSampler:
       stops[j, lmax - len(s):] = s
     stop_lens = np.array([len(s) for s in params.stop], np.int32)
     eos = np.array(params.stop_token_ids or (-1,), np.int32)
+    banned = np.zeros((self.config.vocab_size,), bool)
+    if params.banned_token_ids:
+      banned[np.asarray(params.banned_token_ids)] = True
+    prompt_seeds = [params.seed + p for p in range(len(prompts))] if seeds is None else seeds
+    row_seeds = np.zeros((b,), np.uint32)
+    row_seeds[:len(rows)] = np.repeat(np.asarray(prompt_seeds, np.int64) % 2**32, params.n)
+    keys = _row_keys(row_seeds, np.arange(b, dtype=np.int32) % params.n)
     max_new = _pow2(params.max_tokens, 16)
-    args = (self.state, tokens, mask, stops, stop_lens, eos, jax.random.PRNGKey(params.seed),
+    args = (self.state, tokens, mask, stops, stop_lens, eos, banned, keys,
             jnp.float32(params.temperature), jnp.float32(params.top_p), jnp.int32(params.top_k),
             jnp.int32(params.max_tokens), live)
     if self.mesh is not None:

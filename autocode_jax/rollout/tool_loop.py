@@ -17,7 +17,7 @@ import dataclasses
 import re
 from typing import Sequence
 
-from autocode_jax.rollout.engine import Completion, RolloutEngine, SamplingParams
+from autocode_jax.rollout.engine import Completion, RolloutEngine, SamplingParams, derive_seed
 
 ROLES = ("prefix", "model", "tool")
 _BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
@@ -58,11 +58,15 @@ class Trajectory:
 
 @dataclasses.dataclass(frozen=True)
 class Request:
-  """A prompt to roll out: its token ids, the probe prefix's token ids (empty for vanilla)."""
+  """A prompt to roll out: its token ids, the probe prefix's token ids (empty for vanilla), and
+  optionally its own seed: then its rollouts depend on that seed alone, not on which other
+  requests share the call (the E-step seeds each query so that a split over hosts changes
+  nothing)."""
   query_id: str
   prompt_ids: tuple[int, ...]
   prefix_ids: tuple[int, ...] = ()
   probe: str = "vanilla"
+  seed: int | None = None
 
 
 def fence_token_ids(tokenizer) -> tuple[int, ...]:
@@ -87,9 +91,14 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   (prefix, model and tool tokens together) holds `params.max_tokens`; the last tool output may
   overshoot it."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
+  seeded = {r.seed is not None for r in requests}
+  if len(seeded) > 1:
+    raise ValueError("run_tool_loop: either every request has a seed or none has")
+  seeded = seeded == {True}
   trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids)) for r in requests
            for _ in range(params.n)]
   reqs = [r for r in requests for _ in range(params.n)]
+  sample = [j for _ in requests for j in range(params.n)]
   for t, r in zip(trajs, reqs):
     t.extend(r.prefix_ids, "prefix")
   active = list(range(len(trajs)))
@@ -113,7 +122,9 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
       sp = dataclasses.replace(
           params, n=1, max_tokens=max(budgets[i] for i in sub), seed=params.seed + 1000 * round_,
           stop_token_ids=tuple(params.stop_token_ids) + (fences if allow else ()))
-      out = engine.generate([trajs[i].prompt_ids + trajs[i].token_ids for i in sub], sp)
+      seeds = [derive_seed(reqs[i].seed, sample[i], round_) for i in sub] if seeded else None
+      out = engine.generate([trajs[i].prompt_ids + trajs[i].token_ids for i in sub], sp,
+                            seeds=seeds)
       for i, (comp,) in zip(sub, out):
         if len(comp.token_ids) > budgets[i]:
           comp = Completion(comp.token_ids[:budgets[i]], comp.logprobs[:budgets[i]], "length")

@@ -43,18 +43,26 @@ class VllmEngine:
     self.reloads = 0
     self.rebuilds = 0
 
-  def generate(self, prompts: Sequence[Sequence[int]],
-               params: SamplingParams) -> list[list[Completion]]:
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """Prompt i samples with vLLM's per-request seed `seeds[i]` (default params.seed + i)."""
     if params.stop:
       raise NotImplementedError("VllmEngine: multi-token stop sequences are not supported by "
                                 "vLLM's token-level API; use stop_token_ids")
     from vllm.inputs import TokensPrompt
     requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+    if seeds is None:
+      seeds = [params.seed + i for i in range(len(requests))]
+    elif len(seeds) != len(requests):
+      raise ValueError(f"VllmEngine.generate: {len(seeds)} seeds for {len(requests)} prompts")
+    # Banned tokens: a bias of -inf would be cleaner, but vLLM's logit_bias adds finite values.
+    bias = {int(t): -1e4 for t in params.banned_token_ids} or None
     sps = [self._vllm.SamplingParams(
         n=params.n, temperature=params.temperature, top_p=params.top_p,
         top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_tokens,
         stop_token_ids=list(params.stop_token_ids), ignore_eos=True, logprobs=0,
-        detokenize=False, seed=params.seed + i) for i in range(len(requests))]
+        detokenize=False, seed=int(seeds[i]) % 2**63, logit_bias=bias)
+        for i in range(len(requests))]
     outputs = self.llm.generate(requests, sps, use_tqdm=False)
     results = []
     for out in outputs:
