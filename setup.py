@@ -24,6 +24,8 @@ setup(
         "safetensors>=0.4.5",
         "jinja2>=3.1",
         "math-verify>=0.7",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
         # torch is the parity reference; .ci/run installs the local CPU wheel first.

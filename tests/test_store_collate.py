@@ -41,3 +41,7 @@ def test_collate_aligns_roles_and_logprobs():
   assert b["advantages"].tolist() == [1.0, -1.0]
   with pytest.raises(ValueError, match="record 0"):
     collate([dict(recs[0], roles=["model"])], [0.0])
+  # D_train stores roles as one letter per token: the same batch.
+  coded = [dict(recs[0], roles="pmtm"), dict(recs[1], roles="m")]
+  c = collate(coded, [1.0, -1.0], pad_id=0, length_multiple=4)
+  assert all(np.array_equal(c[k], b[k]) for k in b)

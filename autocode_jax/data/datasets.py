@@ -25,6 +25,7 @@ class _Spec:
   ident: Callable[[dict, int], str]
   level: Callable[[dict], int | None] = lambda r: None
   gold_as: str = ""               # normalize_gold's dataset name, default: the dataset's
+  solution: Callable[[dict], str | None] = lambda r: None
 
 
 def _math_level(value) -> int | None:
@@ -32,6 +33,13 @@ def _math_level(value) -> int | None:
     return value
   m = re.fullmatch(r"Level (\d)", str(value))
   return int(m.group(1)) if m else None  # MATH train has two "Level ?" problems
+
+
+def _gsm8k_solution(r: dict) -> str:
+  """GSM8K's worked answer without its calculator annotations, "#### X" as a boxed answer."""
+  body, _, final = r["answer"].rpartition("####")
+  body = re.sub(r"<<[^>]*>>", "", body).strip()
+  return f"{body}\nThe answer is $\\boxed{{{final.strip().replace(',', '')}}}$."
 
 
 def _olympiad_problem(r: dict) -> str:
@@ -58,10 +66,10 @@ DATASETS: dict[str, _Spec] = {
                         {"problem": (str,), "solution": (str,), "level": (str,),
                          "unique_id": (str,)},
                         lambda r: r["problem"], lambda r, i: f"math/{r['unique_id']}",
-                        lambda r: _math_level(r["level"])),
+                        lambda r: _math_level(r["level"]), solution=lambda r: r["solution"]),
     "gsm8k_train": _Spec("gsm8k/train.jsonl", {"question": (str,), "answer": (str,)},
                          lambda r: r["question"], lambda r, i: f"gsm8k/train/{i}",
-                         gold_as="gsm8k"),
+                         gold_as="gsm8k", solution=_gsm8k_solution),
 }
 BENCHMARKS = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24", "amc23")
 TRAIN_SETS = ("math_train", "gsm8k_train")
@@ -110,5 +118,5 @@ def load_dataset(name: str, data_dir: str, *, raw_gold: bool = False) -> list[Qu
       raise DataError(f"{where}: duplicate id {qid!r}")
     seen.add(qid)
     queries.append(Query(id=qid, problem=spec.problem(rec), gold=gold, level=spec.level(rec),
-                         source=name))
+                         source=name, solution=spec.solution(rec)))
   return queries

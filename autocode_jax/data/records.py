@@ -14,9 +14,12 @@ class Query:
   gold: the normalised gold answer (see grading.normalize_gold).
   level: difficulty 1-5 where the source has one (MATH), else None.
   source: the dataset name (a key of data.DATASETS).
+  solution: a worked solution ending in \\boxed{answer}, where the source has one (train sets);
+    the `sft` baseline trains on it.
   """
   id: str
   problem: str
   gold: str
   level: int | None
   source: str
+  solution: str | None = None

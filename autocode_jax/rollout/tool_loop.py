@@ -36,6 +36,7 @@ class Trajectory:
   stop_reason: str = ""
   text: str = ""
   reward: float | None = None
+  seed: int | None = None  # the request's seed: with the sample index, it fixes the rollout
 
   @property
   def loss_mask(self) -> list[int]:
@@ -95,7 +96,7 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   if len(seeded) > 1:
     raise ValueError("run_tool_loop: either every request has a seed or none has")
   seeded = seeded == {True}
-  trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids)) for r in requests
+  trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids), seed=r.seed) for r in requests
            for _ in range(params.n)]
   reqs = [r for r in requests for _ in range(params.n)]
   sample = [j for _ in requests for j in range(params.n)]

@@ -14,7 +14,8 @@ def _bucket(n: int, multiple: int) -> int:
 
 def collate(records: Sequence[dict], advantages: Sequence[float], pad_id: int = 0,
             length_multiple: int = 128, logprob_key: str = "logprobs") -> dict[str, np.ndarray]:
-  """records: dicts with prompt_ids, token_ids, roles (per response token: prefix/model/tool) and
+  """records: dicts with prompt_ids, token_ids, roles (per response token: prefix/model/tool, or
+  the letters p/m/t) and
   `logprob_key` (behaviour log-probs per response token). Returns the batch of step.py."""
   rows = [list(r["prompt_ids"]) + list(r["token_ids"]) for r in records]
   t = _bucket(max(len(x) for x in rows), length_multiple)
@@ -31,8 +32,9 @@ def collate(records: Sequence[dict], advantages: Sequence[float], pad_id: int = 
       raise ValueError(f"record {i}: token_ids, roles and {logprob_key} differ in length")
     batch["tokens"][i, :len(row)] = row
     batch["attention_mask"][i, :len(row)] = 1
-    roles = np.asarray(r["roles"])
-    batch["policy_mask"][i, p:p + n] = roles == "model"
-    batch["prefix_mask"][i, p:p + n] = roles == "prefix"
+    roles = r["roles"]  # role names, or one letter per token (p/m/t) as D_train stores them
+    roles = np.asarray(list(roles) if isinstance(roles, str) else roles)
+    batch["policy_mask"][i, p:p + n] = (roles == "model") | (roles == "m")
+    batch["prefix_mask"][i, p:p + n] = (roles == "prefix") | (roles == "p")
     batch["old_logprobs"][i, p:p + n] = r[logprob_key]
   return batch

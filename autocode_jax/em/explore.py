@@ -1,0 +1,333 @@
+"""The E-step driver (METHOD.md, E-step): probe rollouts through the tool loop, grading, the
+statistics of estep.py, the subsample into D_train, optional mid-reasoning branching; and the
+`rl` and `sft` baselines' data, built from the same pieces.
+
+D_train is written chunk by chunk: a chunk's trajectory records are appended to `dtrain.jsonl`,
+then its per-query statistics to `queries.jsonl`. A query counts as done once its statistics
+line is on disk; on resume, D_train records of queries without one (a chunk cut short) are
+dropped and those queries rolled out again. Each rollout's seed is a function of (run seed,
+iteration, query id, probe) only, so a query gets the same seed whichever host or chunk runs it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import re
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+from autocode_jax.data.datasets import DATASETS
+from autocode_jax.data.prompts import build_prompt
+from autocode_jax.data.records import Query
+from autocode_jax.data.store import TrajectoryStore
+from autocode_jax.em import estep
+from autocode_jax.rollout.engine import SamplingParams, derive_seed
+from autocode_jax.rollout.tool_loop import Request, Trajectory, run_tool_loop
+
+ROLE_CODES = {"prefix": "p", "model": "m", "tool": "t"}
+_OUTPUT_BLOCK = re.compile(r"```output\n.*?```\n?", re.DOTALL)
+
+
+@dataclasses.dataclass
+class Explorer:
+  """What an E-step needs: the engine, the sandbox, the tokenizer, a grader pool, the settings
+  (an em.config.RunConfig) and the fence tokens (see rollout.tool_loop)."""
+  engine: object
+  sandbox: object
+  tokenizer: object
+  grader: object
+  cfg: object
+  fences: tuple[int, ...]
+  stop_ids: tuple[int, ...]
+
+  def sampling(self, **changes) -> SamplingParams:
+    base = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                          max_tokens=self.cfg.max_tokens, n=self.cfg.k,
+                          stop_token_ids=self.stop_ids)
+    return dataclasses.replace(base, **changes)
+
+  def request(self, q: Query, probe: str, iteration: int, mode: str = "auto") -> Request:
+    prompt = build_prompt(q.problem, mode, probe, self.cfg.template, self.tokenizer)
+    prefix = tuple(self.tokenizer.encode(prompt.prefix)) if prompt.prefix else ()
+    return Request(q.id, tuple(self.tokenizer.encode(prompt.text)), prefix, probe,
+                   seed=derive_seed(self.cfg.seed, iteration, q.id, probe, mode))
+
+  def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
+    """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules."""
+    by_source = collections.defaultdict(list)
+    for t in trajs:
+      by_source[grading_dataset(queries[t.query_id].source)].append(t)
+    from autocode_jax.grading.grader import grade_batch
+    for dataset, ts in by_source.items():
+      ok = grade_batch([t.text for t in ts], [queries[t.query_id].gold for t in ts], dataset,
+                       timeout_s=self.cfg.grade_timeout_s, pool=self.grader)
+      for t, good in zip(ts, ok):
+        t.reward = float(good)
+
+
+def grading_dataset(source: str) -> str:
+  """The extraction rules a query's answers are graded under (gsm8k_train grades as gsm8k)."""
+  return DATASETS[source].gold_as or source if source in DATASETS else source
+
+
+def to_record(t: Trajectory, iteration: int, **extra) -> dict:
+  """A trajectory as one D_train line: token ids, roles (one letter per token: p/m/t), engine
+  log-probs, label, reward, and what the caller adds (s*, pi, Q, advantage, group)."""
+  return {"query_id": t.query_id, "probe": t.probe, "iteration": iteration, "seed": t.seed,
+          "label": t.label, "reward": t.reward, "prompt_ids": list(t.prompt_ids),
+          "token_ids": list(t.token_ids), "roles": "".join(ROLE_CODES[r] for r in t.roles),
+          "logprobs": [round(x, 6) for x in t.logprobs], "tool_statuses": t.tool_statuses,
+          "stop_reason": t.stop_reason, "text": t.text, **extra}
+
+
+def advantages(rewards: Sequence[float], eps: float = 1e-6) -> np.ndarray:
+  """A = (r - mean r) / (std r + eps) over one group (population std); 0 for equal rewards."""
+  r = np.asarray(rewards, np.float64)
+  return (r - r.mean()) / (r.std() + eps)
+
+
+def first_code_token(tokenizer, token_ids: Sequence[int]) -> int | None:
+  """Index of the token in which the first ```python fence starts, or None."""
+  text = tokenizer.decode(token_ids)
+  at = text.find("```python")
+  if at < 0:
+    return None
+  lo, hi = 1, len(token_ids)  # smallest n with len(decode(ids[:n])) > at
+  while lo < hi:
+    mid = (lo + hi) // 2
+    if len(tokenizer.decode(token_ids[:mid])) > at:
+      hi = mid
+    else:
+      lo = mid + 1
+  return lo - 1
+
+
+def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str]) -> dict:
+  by_probe = {p: [(t.label, t.reward) for t in trajs if t.probe == p] for p in probes}
+  statuses = collections.Counter(s for t in trajs for s in t.tool_statuses)
+  return {"query_id": q.id, "labels": {p: [l for l, _ in v] for p, v in by_probe.items()},
+          "rewards": {p: [r for _, r in v] for p, v in by_probe.items()},
+          "tool_statuses": dict(statuses),
+          "tokens": sum(sum(1 for r in t.roles if r == "model") for t in trajs)}
+
+
+def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
+              rng: np.random.Generator) -> tuple[list[dict], dict]:
+  """Steps 2-5 for one query: the statistics and the M subsampled trajectories as records."""
+  vanilla = [(t.label, t.reward) for t in trajs if t.probe == "vanilla"]
+  coded = [(t.label, t.reward) for t in trajs if t.probe == "code_prefix"]
+  st = estep.query_stats(vanilla, coded, ex.cfg.alpha)
+  picks = estep.subsample([t.label for t in trajs], st.s_star, ex.cfg.m_effective, rng)
+  chosen = [trajs[i] for i in picks]
+  adv = advantages([t.reward for t in chosen])
+  common = {"pi1": st.pi1, "q": list(st.q), "s_star": list(st.s_star), "group": q.id}
+  records = [to_record(t, iteration, advantage=float(a), **common) for t, a in zip(chosen, adv)]
+  summary = dict(_query_summary(q, trajs, ("vanilla", "code_prefix")), **common,
+                 n_code_vanilla=st.n_code_vanilla, k=st.k)
+  return records, summary
+
+
+def curate_rl(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
+              rng: np.random.Generator) -> tuple[list[dict], dict]:
+  """On-policy RL (GRPO): D_train is every fresh `vanilla` rollout, grouped by query."""
+  adv = advantages([t.reward for t in trajs])
+  records = [to_record(t, iteration, advantage=float(a), group=q.id) for t, a in zip(trajs, adv)]
+  labels = [t.label for t in trajs]
+  summary = dict(_query_summary(q, trajs, ("vanilla",)), group=q.id,
+                 pi1=estep.code_prior(labels), n_code_vanilla=int(sum(labels)), k=len(labels))
+  return records, summary
+
+
+def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
+           rng: np.random.Generator, queries: dict[str, Query]) -> tuple[list[dict], list[dict]]:
+  """Mid-reasoning branching (METHOD.md, E-step step 6) for up to `branch_per_query` code
+  trajectories of q: from (x, y<t), t the token where the first code block starts, roll out
+  k_branch continuations with code allowed and k_branch with code fences banned; the prior at
+  the branch point is the smoothed code rate of the allowed ones, Q(x, y<t, c) the mean reward
+  per label, and s*, the subsample and the advantages follow as for a query. The context y<t
+  becomes part of the branch records' prompt: only the continuations are trained on."""
+  coded = [t for t in trajs if t.label == 1]
+  if not coded:
+    return [], []
+  picks = rng.choice(len(coded), size=min(ex.cfg.branch_per_query, len(coded)), replace=False)
+  records, summaries = [], []
+  for j in sorted(int(i) for i in picks):
+    t = coded[j]
+    at = first_code_token(ex.tokenizer, t.token_ids)
+    if at is None or at == 0:
+      continue
+    group = f"{q.id}#branch{j}"
+    ctx = tuple(t.prompt_ids) + tuple(t.token_ids[:at])
+    seed = derive_seed(ex.cfg.seed, iteration, group)
+    budget = ex.cfg.max_tokens - at
+    if budget <= 0:
+      continue
+    sp = ex.sampling(n=ex.cfg.k_branch, max_tokens=budget)
+    allowed = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer,
+                            [Request(group, ctx, (), "branch_code", seed)], sp,
+                            max_tool_calls=ex.cfg.max_tool_calls, fence_ids=ex.fences)
+    banned = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer,
+                           [Request(group, ctx, (), "branch_plain", seed + 1)],
+                           dataclasses.replace(sp, banned_token_ids=ex.fences),
+                           max_tool_calls=0, fence_ids=ex.fences)
+    conts = allowed + banned
+    for c in conts:
+      c.query_id = q.id
+    ex.grade(conts, queries)
+    pi1 = estep.code_prior([c.label for c in allowed])
+    qv = estep.values([c.label for c in conts], [c.reward for c in conts])
+    s_star = estep.reference_strategy(pi1, qv, ex.cfg.alpha)
+    chosen = [conts[i] for i in estep.subsample([c.label for c in conts], s_star,
+                                                ex.cfg.k_branch, rng)]
+    adv = advantages([c.reward for c in chosen])
+    common = {"pi1": pi1, "q": list(qv), "s_star": list(s_star), "group": group,
+              "branch_at": at}
+    records += [to_record(c, iteration, advantage=float(a), **common)
+                for c, a in zip(chosen, adv)]
+    summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
+                          labels=[c.label for c in conts]))
+  return records, summaries
+
+
+def sft_records(tokenizer, cfg, queries: Sequence[Query], iteration: int,
+                end_id: int) -> list[dict]:
+  """The `sft` baseline's D_train: each query's given solution as the response, ended by
+  `end_id`. ```output blocks in a solution are tool tokens (tokenised on their own, out of the
+  loss), the rest is model text."""
+  out = []
+  for q in queries:
+    if not q.solution:
+      raise ValueError(f"sft: query {q.id} of {q.source} has no solution to train on")
+    prompt = build_prompt(q.problem, "auto", "vanilla", cfg.template, tokenizer)
+    ids, roles, pos = [], [], 0
+    text = q.solution.strip()
+    for m in _OUTPUT_BLOCK.finditer(text):
+      for piece, role in ((text[pos:m.start()], "m"), (m.group(0), "t")):
+        toks = tokenizer.encode(piece) if piece else []
+        ids += toks
+        roles += [role] * len(toks)
+      pos = m.end()
+    toks = tokenizer.encode(text[pos:]) + [end_id]
+    ids += toks
+    roles += ["m"] * len(toks)
+    out.append({"query_id": q.id, "probe": "sft", "iteration": iteration, "label": int("t" in roles),
+                "reward": 1.0, "prompt_ids": tokenizer.encode(prompt.text), "token_ids": ids,
+                "roles": "".join(roles), "logprobs": [0.0] * len(ids), "advantage": 0.0,
+                "group": q.id, "tool_statuses": [], "stop_reason": "eos", "text": text})
+  return out
+
+
+def done_queries(out_dir: str, shard: str) -> set[str]:
+  return {r["query_id"] for r in TrajectoryStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
+          .read()}
+
+
+def _drop_unfinished(out_dir: str, shard: str, finished: set[str]) -> None:
+  """Removes D_train records of queries whose chunk did not finish (rewrite, then rename)."""
+  path = os.path.join(out_dir, f"dtrain{shard}.jsonl")
+  records = TrajectoryStore(path).read()
+  keep = [r for r in records if r["query_id"] in finished]
+  if len(keep) == len(records) and os.path.exists(path):
+    with open(path, "rb") as f:  # also cut a torn last line
+      f.seek(0, os.SEEK_END)
+      if f.tell() == 0:
+        return
+      f.seek(-1, os.SEEK_END)
+      if f.read(1) == b"\n":
+        return
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    for r in keep:
+      f.write(json.dumps(r, separators=(",", ":")) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: str,
+              shard: str = "", on_chunk: Callable[[int, int], None] | None = None) -> None:
+  """Rolls out, grades and curates `queries` (this host's share) into out_dir/dtrain{shard}.jsonl
+  and out_dir/queries{shard}.jsonl, resuming after the last finished chunk. on_chunk(queries,
+  rollouts) is called after each chunk is on disk."""
+  os.makedirs(out_dir, exist_ok=True)
+  finished = done_queries(out_dir, shard)
+  _drop_unfinished(out_dir, shard, finished)
+  dtrain = TrajectoryStore(os.path.join(out_dir, f"dtrain{shard}.jsonl"))
+  stats = TrajectoryStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
+  todo = [q for q in queries if q.id not in finished]
+  by_id = {q.id: q for q in queries}
+  curate = {"em": curate_em, "rl": curate_rl}[ex.cfg.algorithm]
+  for start in range(0, len(todo), ex.cfg.rollout_chunk):
+    chunk = todo[start:start + ex.cfg.rollout_chunk]
+    reqs = [ex.request(q, p, iteration) for q in chunk for p in ex.cfg.probes]
+    t0 = time.perf_counter()
+    trajs = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer, reqs, ex.sampling(),
+                          max_tool_calls=ex.cfg.max_tool_calls, fence_ids=ex.fences)
+    ex.grade(trajs, by_id)
+    per_query = collections.defaultdict(list)
+    for t in trajs:
+      per_query[t.query_id].append(t)
+    records, summaries = [], []
+    for q in chunk:
+      rng = np.random.default_rng([ex.cfg.seed, iteration, derive_seed(q.id)])
+      recs, summary = curate(ex, q, per_query[q.id], iteration, rng)
+      summary["seeds"] = {p: derive_seed(ex.cfg.seed, iteration, q.id, p, "auto")
+                          for p in ex.cfg.probes}
+      if ex.cfg.branching and iteration > 0:
+        brecs, bsum = branch(ex, q, per_query[q.id], iteration, rng, by_id)
+        recs += brecs
+        summary["branches"] = bsum
+      summary["elapsed_s"] = (time.perf_counter() - t0) / len(chunk)
+      records += recs
+      summaries.append(summary)
+    dtrain.append(records)
+    stats.append(summaries)  # the commit point of the chunk
+    if on_chunk is not None:
+      on_chunk(len(chunk), len(trajs))
+
+
+def read_shards(out_dir: str, name: str) -> list[dict]:
+  """Every record of out_dir/{name}*.jsonl (one shard per host), shards in name order."""
+  files = sorted(f for f in os.listdir(out_dir) if f.startswith(name) and f.endswith(".jsonl"))
+  return [r for f in files for r in TrajectoryStore(os.path.join(out_dir, f)).read()]
+
+
+def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
+  """Per-iteration statistics: code-invocation rate per query (mean and histogram over 0..K
+  vanilla rollouts), the distribution of s*(c=1|x) (mean and 10-bin histogram), tool statuses,
+  mean rewards by probe and by label, and the D_train label mix."""
+  if not summaries:
+    return {}
+  out: dict = {"queries": len(summaries), "dtrain_size": len(records)}
+  rates = [s["n_code_vanilla"] / s["k"] for s in summaries]
+  k = summaries[0]["k"]
+  out["code_rate_mean"] = float(np.mean(rates))
+  out["code_rate_hist"] = np.bincount([s["n_code_vanilla"] for s in summaries],
+                                      minlength=k + 1).tolist()
+  if "s_star" in summaries[0]:
+    s1 = [s["s_star"][1] for s in summaries]
+    out["s_star1_mean"] = float(np.mean(s1))
+    out["s_star1_hist"] = np.histogram(s1, bins=10, range=(0, 1))[0].tolist()
+  statuses = collections.Counter()
+  by = collections.defaultdict(list)
+  for s in summaries:
+    statuses.update(s["tool_statuses"])
+    for probe, rewards in s["rewards"].items():
+      by[f"reward/{probe}"] += rewards
+      for l, r in zip(s["labels"][probe], rewards):
+        by[f"reward/c{l}"].append(r)
+  out["tool_statuses"] = dict(statuses)
+  out["tool_calls"] = int(sum(statuses.values()))
+  for key, v in sorted(by.items()):
+    out[key] = float(np.mean(v)) if v else None
+  out["rollouts"] = int(sum(len(v) for s in summaries for v in s["rewards"].values()))
+  out["reward_mean"] = float(np.mean([r for s in summaries for v in s["rewards"].values()
+                                      for r in v]))
+  out["dtrain_code_frac"] = float(np.mean([r["label"] for r in records])) if records else 0.0
+  out["branches"] = int(sum(len(s.get("branches", ())) for s in summaries))
+  return out

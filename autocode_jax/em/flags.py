@@ -1,0 +1,105 @@
+"""absl flags of experiments/train.py, mapped onto em.config.RunConfig here only. Every
+RunConfig field is a flag of the same name; the optimizer and loss flags come from
+training.flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from absl import flags
+
+from autocode_jax.em import config as config_lib
+from autocode_jax.training import flags as train_flags
+
+HELP = {
+    "run_dir": "run directory: checkpoints, D_train, metrics; rerun the command to resume",
+    "algorithm": "em (the method), rl (on-policy GRPO baseline) or sft (train on given solutions)",
+    "seed": "seed of initialisation, query order and rollouts",
+    "init_from": "HuggingFace model directory to start from",
+    "model_preset": "random-init preset instead of init_from (debug); vocab follows the tokenizer",
+    "tokenizer_dir": "tokenizer directory (default: init_from)",
+    "template": "prompt template: chat (instruct models) or plain (base models)",
+    "param_dtype": "parameter dtype", "dtype": "compute dtype", "remat": "remat policy per block",
+    "logprob_chunk": "sequence chunk of the log-prob projection",
+    "mesh_data": "data-parallel mesh axis size", "mesh_fsdp": "FSDP mesh axis size (-1: rest)",
+    "mesh_tensor": "tensor-parallel mesh axis size",
+    "data_dir": "directory laid out like shared/data", "train_set": "training query set",
+    "num_queries": "queries sampled from train_set by difficulty (0: all)",
+    "queries_per_iteration": "queries per EM iteration", "epochs": "passes over the queries",
+    "eval_set": "dev set evaluated every eval_every iterations ('' = none)",
+    "eval_size": "dev queries (0: all)", "eval_every": "iterations between evaluations",
+    "eval_modes": "prompt modes evaluated (cot, code, auto)",
+    "eval_max_tokens": "response budget in evaluation (0: max_tokens)",
+    "k": "rollouts per probe (K)", "m": "trajectories per query into D_train (M; 0: K)",
+    "alpha": "alpha of the reference strategy s* (Eq. 5)", "temperature": "sampling temperature",
+    "top_p": "nucleus mass", "max_tokens": "response tokens at most (prefix and tool included)",
+    "max_tool_calls": "code executions per trajectory at most",
+    "rollout_chunk": "queries rolled out, graded and written to disk at a time",
+    "drop_uniform_groups": "drop queries whose D_train rewards are all equal",
+    "branching": "mid-reasoning branching at the first code block (from iteration 2 on)",
+    "k_branch": "continuations per branch and per decision",
+    "branch_per_query": "code trajectories branched per query",
+    "sandbox_workers": "sandbox server processes", "sandbox_timeout_s": "seconds per execution",
+    "sandbox_memory_mb": "address-space limit per execution",
+    "max_output_chars": "interpreter output shown to the model at most",
+    "grade_timeout_s": "seconds per answer comparison",
+    "engine": "rollout engine: jax (built-in sampler) or vllm",
+    "vllm_tensor_parallel": "vLLM tensor_parallel_size",
+    "vllm_gpu_memory_utilization": "vLLM gpu_memory_utilization",
+    "vllm_max_model_len": "vLLM max_model_len", "vllm_sleep": "put vLLM to sleep during M-steps",
+    "train_batch_size": "trajectories per update", "micro_batch_size": "rows per micro-batch "
+    "(gradient accumulation; 0: none)", "m_step_epochs": "passes over D_train per M-step",
+    "length_multiple": "sequence padding bucket", "logprob_batch_size": "rows per behaviour "
+    "log-prob pass", "save_every": "train steps between checkpoints inside an M-step",
+    "keep_checkpoints": "checkpoints kept", "export_hf": "HuggingFace export after each M-step",
+    "tensorboard": "also write TensorBoard event files", "progress": "progress bars",
+    "log_every": "M-step steps between metric lines",
+}
+_SKIP = ("optimizer", "loss")
+_ENUMS = {"algorithm": config_lib.ALGORITHMS, "engine": config_lib.ENGINES,
+          "template": config_lib.TEMPLATES}
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  train_flags.define_flags(fv)
+  hints = typing.get_type_hints(config_lib.RunConfig)
+  for f in dataclasses.fields(config_lib.RunConfig):
+    if f.name in _SKIP:
+      continue
+    default = None if f.default is dataclasses.MISSING else f.default
+    kind, help_ = hints[f.name], HELP[f.name]
+    if f.name in _ENUMS:
+      flags.DEFINE_enum(f.name, default, _ENUMS[f.name], help_, flag_values=fv)
+    elif kind is bool:
+      flags.DEFINE_bool(f.name, default, help_, flag_values=fv)
+    elif kind is int:
+      flags.DEFINE_integer(f.name, default, help_, flag_values=fv)
+    elif kind is float:
+      flags.DEFINE_float(f.name, default, help_, flag_values=fv)
+    elif kind == tuple[str, ...]:
+      flags.DEFINE_list(f.name, list(default), help_, flag_values=fv)
+    else:
+      flags.DEFINE_string(f.name, default, help_, flag_values=fv)
+
+
+def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True) -> config_lib.RunConfig:
+  """The RunConfig of the parsed flags; a bad value or path raises flags.ValidationError that
+  names the flag."""
+  kwargs = {}
+  for f in dataclasses.fields(config_lib.RunConfig):
+    if f.name in _SKIP:
+      continue
+    value = fv[f.name].value
+    kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+  if kwargs["run_dir"] is None:
+    raise flags.ValidationError("--run_dir: required")
+  kind = "sft" if kwargs["algorithm"] == "sft" else "policy"
+  try:
+    cfg = config_lib.RunConfig(**kwargs, optimizer=train_flags.optimizer_config(fv),
+                               loss=train_flags.loss_config(kind, fv))
+    if check_paths:
+      config_lib.validate_paths(cfg)
+  except config_lib.ConfigError as e:
+    raise flags.ValidationError(f"--{e}") from None
+  return cfg

@@ -1,0 +1,51 @@
+"""Run metrics: one JSON object a line in run_dir/metrics.jsonl always, TensorBoard scalars when
+asked (tensorboardX, imported only then). Only process 0 writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricsWriter:
+
+  def __init__(self, run_dir: str, tensorboard: bool = False):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self._tb = None
+    if self.enabled and tensorboard:
+      try:
+        from tensorboardX import SummaryWriter
+      except ImportError:
+        raise RuntimeError("--tensorboard needs tensorboardX: pip install tensorboardX") from None
+      self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+  def write(self, kind: str, step: int, values: dict, **tags) -> None:
+    """One event: kind (estep, mstep, behaviour, eval, iteration), the global train step, the
+    values (nested dicts and lists go to the JSONL only), and tags such as the iteration."""
+    if not self.enabled:
+      return
+    rec = {"kind": kind, "step": step, **tags, **values, "time": round(time.time(), 3)}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    if self._tb is not None:
+      for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+          self._tb.add_scalar(f"{kind}/{k}", v, step)
+      self._tb.flush()
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(run_dir: str, kind: str | None = None) -> list[dict]:
+  path = os.path.join(run_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    recs = [json.loads(line) for line in f if line.endswith("\n")]
+  return [r for r in recs if kind is None or r["kind"] == kind]

@@ -1,0 +1,85 @@
+"""The M-step driver (METHOD.md, M-step): behaviour log-probs recomputed in the trainer, the
+engine/trainer mismatch, and the train steps over D_train.
+
+The batch of M-step step j is a function of (seed, iteration, j) alone: epoch e = j // S visits
+D_train in the order of a permutation seeded by (seed, iteration, e), in mini-batches of
+`train_batch_size` trajectories, the last one completed from the start of the permutation. So a
+run resumed from a checkpoint in the middle of an M-step replays exactly the batches it missed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from autocode_jax.training.collate import collate
+
+
+def steps_per_epoch(num_records: int, batch_size: int) -> int:
+  return -(-num_records // batch_size)
+
+
+def batch_indices(num_records: int, batch_size: int, seed: int, iteration: int, j: int):
+  """The D_train rows of M-step step j."""
+  per = steps_per_epoch(num_records, batch_size)
+  epoch, b = divmod(j, per)
+  order = np.random.default_rng([seed, iteration, epoch]).permutation(num_records)
+  idx = np.arange(b * batch_size, (b + 1) * batch_size) % num_records
+  return order[idx]
+
+
+def mismatch(records: Sequence[dict], behaviour: Sequence[np.ndarray]) -> dict:
+  """Engine vs trainer log-probs over `model` tokens: mean and max |delta log p|."""
+  deltas = []
+  for r, lp in zip(records, behaviour):
+    model = np.asarray(list(r["roles"])) == "m"
+    deltas.append(np.abs(np.asarray(r["logprobs"], np.float32)[model] - lp[model]))
+  d = np.concatenate(deltas) if deltas else np.zeros(0)
+  return {"logprob_mismatch_mean": float(d.mean()) if d.size else 0.0,
+          "logprob_mismatch_max": float(d.max()) if d.size else 0.0,
+          "model_tokens": int(d.size)}
+
+
+def save_behaviour(path: str, behaviour: Sequence[np.ndarray]) -> None:
+  """All records' log-probs as one flat array with offsets, written under a temporary name and
+  renamed into place."""
+  lengths = np.array([len(x) for x in behaviour], np.int64)
+  flat = np.concatenate(behaviour).astype(np.float32) if behaviour else np.zeros(0, np.float32)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, flat=flat, lengths=lengths)
+  os.replace(tmp, path)
+
+
+def load_behaviour(path: str) -> list[np.ndarray]:
+  with np.load(path) as z:
+    flat, lengths = z["flat"], z["lengths"]
+  return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pad_id: int,
+               length_multiple: int) -> dict[str, np.ndarray]:
+  rows = [dict(records[i], behaviour=behaviour[i]) for i in idx]
+  return collate(rows, [records[i]["advantage"] for i in idx], pad_id, length_multiple,
+                 logprob_key="behaviour")
+
+
+def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], loss_cfg,
+              iteration: int, start_step: int, checkpointer,
+              on_step: Callable[[int, dict], None] | None = None) -> int:
+  """Train steps policy.step .. end over D_train (end = start_step + epochs x steps per epoch),
+  saving a checkpoint every `save_every` steps and at the end. Returns the number of steps."""
+  cfg = policy.cfg
+  bs = cfg.train_batch_size
+  total = cfg.m_step_epochs * steps_per_epoch(len(records), bs) if records else 0
+  step_fn = policy.train_step(loss_cfg, bs)
+  for s in range(policy.step, start_step + total):
+    idx = batch_indices(len(records), bs, cfg.seed, iteration, s - start_step)
+    batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple)
+    policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
+    if on_step is not None:
+      on_step(s + 1, {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()})
+    checkpointer.save(s + 1, policy.state, force=s + 1 == start_step + total)
+  checkpointer.wait()
+  return total

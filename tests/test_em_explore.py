@@ -1,0 +1,201 @@
+"""The E-step driver with known rollouts: a scripted engine (beside the real-sampler runs of
+test_em_loop.py) with the real tokenizer, sandbox and grader. Statistics are checked against
+values computed by hand; resume after a cut-short chunk; branching; the rl and sft data."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from autocode_jax.data.records import Query
+from autocode_jax.data.store import TrajectoryStore
+from autocode_jax.em import explore
+from autocode_jax.em.config import RunConfig
+from autocode_jax.grading.pool import GraderPool
+from autocode_jax.interpreter import Sandbox
+from autocode_jax.models import load_tokenizer
+from autocode_jax.rollout.tool_loop import fence_token_ids
+from autocode_jax.training.step import LossConfig
+
+from scripted import EOS, ScriptedPolicy
+
+Q1 = Query("q1", "What is 6 times 7?", "42", None, "math500")
+Q2 = Query("q2", "What is 2 plus 3?", "5", None, "math500")
+PLAIN_WRONG = "I think it is \\boxed{41}."
+CODE_RIGHT = "Compute.\n```python\nprint(6 * 7)\n```\nSo \\boxed{42}."
+PLAIN_RIGHT = "Two plus three: \\boxed{5}."
+CODE_ERROR = "Try.\n```python\nprint(1/0)\n```\nThen \\boxed{6}."
+
+
+def choose(text, index, params):
+  """q1: vanilla alternates plain-wrong / code-right, code_prefix always code-right.
+  q2: vanilla always plain-right, code_prefix always code that errors and answers wrong."""
+  coded = "consider if python code could help" in text
+  if params.banned_token_ids:
+    return "No code here: \\boxed{42}."
+  if "6 times 7" in text:
+    if "Compute." in text:  # a branch from just before the code block: continue the script
+      return CODE_RIGHT[len(text[text.index("Compute."):]):]
+    return CODE_RIGHT if coded or index % 2 else PLAIN_WRONG
+  return CODE_ERROR if coded else PLAIN_RIGHT
+
+
+@pytest.fixture(scope="module")
+def tok(shared_dir):
+  return load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+
+
+@pytest.fixture(scope="module")
+def parts(tok):
+  sandbox, grader = Sandbox(num_workers=2, timeout_s=2.0), GraderPool(num_workers=2)
+  yield sandbox, grader, fence_token_ids(tok)
+  sandbox.close()
+  grader.close()
+
+
+def _explorer(tok, parts, **cfg):
+  sandbox, grader, fences = parts
+  cfg = RunConfig(**{"run_dir": "unused", "model_preset": "tiny-qwen2",
+                     "tokenizer_dir": "unused", "k": 4, "max_tokens": 200, "rollout_chunk": 1,
+                     **cfg})
+  return explore.Explorer(ScriptedPolicy(tok, choose), sandbox, tok, grader, cfg, fences, (EOS,))
+
+
+def _softmax(a, b):
+  return math.exp(a) / (math.exp(a) + math.exp(b))
+
+
+def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path):
+  ex = _explorer(tok, parts)
+  explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path), ".p0")
+  stats = {s["query_id"]: s for s in TrajectoryStore(str(tmp_path / "queries.p0.jsonl")).read()}
+  # q1: vanilla labels 0,1,0,1 (rewards equal labels); code_prefix: 4 x (c=1, r=1).
+  s = stats["q1"]
+  assert s["labels"] == {"vanilla": [0, 1, 0, 1], "code_prefix": [1, 1, 1, 1]}
+  assert s["rewards"] == {"vanilla": [0, 1, 0, 1], "code_prefix": [1, 1, 1, 1]}
+  assert s["pi1"] == pytest.approx(3 / 6)           # (2 + 1) / (4 + 2)
+  assert s["q"] == pytest.approx([0.0, 1.0])        # Q(x,0) = 0/2, Q(x,1) = 6/6
+  assert s["s_star"][1] == pytest.approx(_softmax(4 * 0.5 * 1.0, 4 * 0.5 * 0.0))
+  assert s["tool_statuses"] == {"ok": 6}
+  # q2: vanilla 4 x (c=0, r=1); code_prefix 4 x (c=1, r=0, status error).
+  s = stats["q2"]
+  assert s["pi1"] == pytest.approx(1 / 6)
+  assert s["q"] == pytest.approx([1.0, 0.0])
+  assert s["s_star"][0] == pytest.approx(_softmax(4 * 5 / 6, 0.0))
+  assert s["tool_statuses"] == {"error": 4}
+  assert s["seeds"]["vanilla"] != s["seeds"]["code_prefix"]
+
+  records = TrajectoryStore(str(tmp_path / "dtrain.p0.jsonl")).read()
+  assert [r["query_id"] for r in records] == ["q1"] * 4 + ["q2"] * 4  # M = K per query
+  for r in records:
+    assert len(r["token_ids"]) == len(r["roles"]) == len(r["logprobs"])
+    assert r["text"] == tok.decode(r["token_ids"])
+    assert r["label"] == int("```output" in r["text"]) and r["reward"] in (0.0, 1.0)
+    if r["probe"] == "code_prefix":
+      n = len(tok.encode("Let's first analyze the problem, then consider if python code could "
+                         "help."))
+      assert r["roles"][:n] == "p" * n
+    assert set(r["roles"]) <= {"p", "m", "t"} and ("t" in r["roles"]) == bool(r["label"])
+    assert r["s_star"] == stats[r["query_id"]]["s_star"] and r["group"] == r["query_id"]
+  for q in ("q1", "q2"):
+    rs = [r for r in records if r["query_id"] == q]
+    np.testing.assert_allclose([r["advantage"] for r in rs],
+                               explore.advantages([r["reward"] for r in rs]), atol=1e-9)
+
+  it = explore.iteration_stats(list(stats.values()), records)
+  assert it["code_rate_mean"] == pytest.approx((2 / 4 + 0 / 4) / 2)
+  assert it["code_rate_hist"] == [1, 0, 1, 0, 0]
+  assert it["tool_statuses"] == {"ok": 6, "error": 4} and it["rollouts"] == 16
+  assert it["reward/vanilla"] == pytest.approx(6 / 8)
+  assert it["reward/code_prefix"] == pytest.approx(4 / 8)
+  assert it["reward/c1"] == pytest.approx(6 / 10) and it["reward/c0"] == pytest.approx(4 / 6)
+
+
+def test_subsample_follows_s_star_over_many_queries(tok, parts, tmp_path):
+  """q1's s*(1) = 0.881: over 60 copies of q1 (M = 4 each), the D_train code share matches it,
+  and q2's (s*(1) = 0.034) matches its own."""
+  ex = _explorer(tok, parts, rollout_chunk=30)
+  qs = [dataclasses.replace(Q1, id=f"a{i}") for i in range(60)]
+  qs += [dataclasses.replace(Q2, id=f"b{i}") for i in range(60)]
+  explore.run_estep(ex, qs, 0, str(tmp_path))
+  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  share = lambda p: np.mean([r["label"] for r in records if r["query_id"].startswith(p)])
+  s1 = _softmax(2.0, 0.0)
+  assert abs(share("a") - s1) < 4 * math.sqrt(s1 * (1 - s1) / 240)
+  s2 = 1 - _softmax(4 * 5 / 6, 0.0)
+  assert abs(share("b") - s2) < 4 * math.sqrt(s2 * (1 - s2) / 240) + 0.01
+
+
+def test_resume_redoes_only_the_chunk_cut_short(tok, parts, tmp_path):
+  ex = _explorer(tok, parts)
+  whole = tmp_path / "whole"
+  explore.run_estep(ex, [Q1, Q2], 0, str(whole))
+  cut = tmp_path / "cut"
+  explore.run_estep(_explorer(tok, parts), [Q1], 0, str(cut))
+  # A crash during q2's chunk: its D_train lines are on disk (one torn), its stats line is not.
+  q2_lines = [line for line in (whole / "dtrain.jsonl").read_text().splitlines(True)
+              if '"q2"' in line]
+  with open(cut / "dtrain.jsonl", "a") as f:
+    f.write(q2_lines[0] + q2_lines[1][:30])
+  ex2 = _explorer(tok, parts)
+  explore.run_estep(ex2, [Q1, Q2], 0, str(cut))
+  assert ex2.engine.new_rows and all("2 plus 3" in tok.decode(list(k)) for k in ex2.engine.new_rows)
+  strip = lambda p: [{k: v for k, v in r.items() if k != "elapsed_s"}
+                     for r in TrajectoryStore(str(p)).read()]
+  assert strip(cut / "dtrain.jsonl") == strip(whole / "dtrain.jsonl")
+  assert strip(cut / "queries.jsonl") == strip(whole / "queries.jsonl")
+
+
+def test_branching_from_the_first_code_block(tok, parts, tmp_path):
+  ex = _explorer(tok, parts, branching=True, k_branch=2)
+  explore.run_estep(ex, [Q1], 1, str(tmp_path))
+  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  branch = [r for r in records if r["probe"].startswith("branch")]
+  groups = {r["group"] for r in branch}
+  assert len(branch) == 2 and len(groups) == 1 and groups.pop().startswith("q1#branch")
+  stats = TrajectoryStore(str(tmp_path / "queries.jsonl")).read()[0]["branches"][0]
+  # Allowed continuations run the code and are right (c=1, r=1); banned ones are plain and
+  # answer 42 too (c=0, r=1): pi at the branch = (2 + 1) / (2 + 2), Q = (1, 1).
+  assert stats["labels"] == [1, 1, 0, 0] and stats["rewards"] == [1, 1, 1, 1]
+  assert stats["pi1"] == pytest.approx(0.75) and stats["q"] == pytest.approx([1.0, 1.0])
+  assert stats["s_star"][1] == pytest.approx(_softmax(4 * 0.75, 4 * 0.25))
+  for r in branch:
+    ctx = tok.decode(r["prompt_ids"])
+    assert ctx.rstrip().endswith("Compute.") and "`" not in ctx  # y<t: up to the code block
+    assert r["advantage"] == 0.0  # equal rewards
+  # The first iteration never branches.
+  explore.run_estep(_explorer(tok, parts, branching=True, k_branch=2), [Q1], 0,
+                    str(tmp_path / "it0"))
+  assert not any(r["probe"].startswith("branch")
+                 for r in TrajectoryStore(str(tmp_path / "it0" / "dtrain.jsonl")).read())
+
+
+def test_first_code_token(tok):
+  ids = tok.encode("Compute.\n```python\nprint(1)\n```")
+  t = explore.first_code_token(tok, ids)
+  assert "```" not in tok.decode(ids[:t]) and tok.decode(ids[:t + 1]).find("`") >= 0
+  assert explore.first_code_token(tok, tok.encode("no code")) is None
+
+
+def test_rl_keeps_every_vanilla_rollout(tok, parts, tmp_path):
+  ex = _explorer(tok, parts, algorithm="rl", loss=LossConfig(ce_coef=0.0))
+  explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path))
+  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  assert [r["probe"] for r in records] == ["vanilla"] * 8
+  assert [r["label"] for r in records] == [0, 1, 0, 1, 0, 0, 0, 0]
+  np.testing.assert_allclose([r["advantage"] for r in records[:4]], [-1, 1, -1, 1], atol=1e-5)
+  assert [r["advantage"] for r in records[4:]] == [0.0] * 4
+
+
+def test_sft_records_mask_output_blocks(tok):
+  cfg = RunConfig(run_dir="x", model_preset="tiny-qwen2", tokenizer_dir="x", algorithm="sft",
+                  loss=LossConfig(kind="sft"))
+  sol = "Run it.\n```python\nprint(42)\n```\n```output\n42\n```\nSo \\boxed{42}."
+  (r,) = explore.sft_records(tok, cfg, [dataclasses.replace(Q1, solution=sol)], 0, EOS)
+  tool = "".join(tok.decode([i]) for i, c in zip(r["token_ids"], r["roles"]) if c == "t")
+  assert tool == "```output\n42\n```\n"
+  assert r["token_ids"][-1] == EOS and r["roles"][-1] == "m" and r["label"] == 1
+  assert tok.decode(r["token_ids"][:-1]) == sol
+  with pytest.raises(ValueError, match="q1 of math500 has no solution"):
+    explore.sft_records(tok, cfg, [Q1], 0, EOS)

@@ -1,0 +1,207 @@
+"""experiments/train.py end to end on a CPU: debug_cpu.flags with the real sampler, sandbox and
+grader on real MATH problems; resume after SIGKILL in the E-step and in the M-step; two hosts
+with jax.distributed; every shipped flagfile parsed; bad flags rejected before any work."""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from absl import flags
+
+from autocode_jax.em import flags as em_flags
+from autocode_jax.rollout.engine import derive_seed
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, str(REPO / "experiments" / "train.py"),
+         "--flagfile=experiments/configs/debug_cpu.flags", "--noprogress", "--params_digest"]
+CONFIGS = sorted((REPO / "experiments" / "configs").glob("*.flags"))
+
+
+def _train(run_dir, *extra, env=None, wait=True):
+  cmd = TRAIN + [f"--run_dir={run_dir}", *extra]
+  p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       text=True)
+  if not wait:
+    return p
+  out, _ = p.communicate(timeout=900)
+  assert p.returncode == 0, out[-4000:]
+  return out
+
+
+def _lines(path):
+  return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines()] if os.path.exists(
+      path) else []
+
+
+def _final(run_dir, k=0):
+  return json.loads((pathlib.Path(run_dir) / f"final.p{k}.json").read_text())
+
+
+def _progress(run_dir):
+  p = pathlib.Path(run_dir) / "progress.json"
+  return json.loads(p.read_text())["done"].get("0", []) if p.exists() else []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """One uninterrupted debug_cpu run."""
+  run_dir = tmp_path_factory.mktemp("ref") / "run"
+  out = _train(run_dir)
+  return run_dir, out
+
+
+def test_debug_cpu_runs_one_full_em_iteration(reference):
+  run_dir, out = reference
+  assert "iter 1/1 | E: 32 rollouts" in out  # 8 problems x 2 probes x K=2
+  assert _progress(run_dir) == ["estep", "behaviour", "mstep", "export", "eval"]
+  it = run_dir / "iterations" / "0000"
+  stats = _lines(it / "queries.p0.jsonl")
+  assert len(stats) == 8 and len({s["query_id"] for s in stats}) == 8
+  assert all(s["query_id"].startswith("math/") for s in stats)
+  dtrain = _lines(it / "dtrain.p0.jsonl")
+  assert len(dtrain) == 16  # M = K = 2 per query
+  for r in dtrain:
+    assert len(r["token_ids"]) == len(r["roles"]) == len(r["logprobs"]) > 0
+    assert {"s_star", "pi1", "q", "advantage", "reward", "label", "probe", "seed"} <= set(r)
+  kinds = [m["kind"] for m in _lines(run_dir / "metrics.jsonl")]
+  assert kinds == ["estep", "behaviour", "mstep", "mstep", "eval", "iteration"]
+  behaviour = _lines(run_dir / "metrics.jsonl")[1]
+  assert 0 <= behaviour["logprob_mismatch_mean"] < 1e-3  # same numerics, fp32: tiny
+  final = _final(run_dir)
+  assert final["train_step"] == 2 and len(final["params_sha256"]) == 64
+  assert (run_dir / "hf_policy" / "config.json").exists()
+  assert len(_lines(it / "eval.p0.jsonl")) == 4
+  # The HF export holds the trained parameters.
+  from autocode_jax.models.hf import from_pretrained
+  from flax import nnx
+  import hashlib
+  import jax
+  import numpy as np
+  params = nnx.split(from_pretrained(str(run_dir / "hf_policy")))[1]
+  h = hashlib.sha256()
+  for x in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
+  assert h.hexdigest() == final["params_sha256"]
+
+
+def test_rerun_of_a_finished_run_repeats_nothing(reference):
+  run_dir, _ = reference
+  before = (run_dir / "metrics.jsonl").read_text()
+  _train(run_dir)
+  assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def _kill_when(run_dir, ready, timeout=600):
+  p = _train(run_dir, wait=False)
+  t0 = time.time()
+  while not ready():
+    assert p.poll() is None, p.stdout.read()[-3000:]
+    assert time.time() - t0 < timeout
+    time.sleep(0.1)
+  p.send_signal(signal.SIGKILL)
+  p.wait()
+
+
+def test_resume_after_sigkill_in_the_e_step(reference, tmp_path):
+  ref_dir, _ = reference
+  run_dir = tmp_path / "run"
+  stats = run_dir / "iterations" / "0000" / "queries.p0.jsonl"
+  _kill_when(run_dir, lambda: len(_lines(stats)) >= 4)  # first chunk of 4 on disk
+  assert "estep" not in _progress(run_dir) and len(_lines(stats)) < 8
+  first_chunk = stats.read_text()
+  _train(run_dir)
+  assert stats.read_text().startswith(first_chunk)  # finished chunk kept, not redone
+  assert len(_lines(stats)) == 8
+  assert _final(run_dir)["params_sha256"] == _final(ref_dir)["params_sha256"]
+
+
+def test_resume_after_sigkill_in_the_m_step(reference, tmp_path):
+  ref_dir, _ = reference
+  run_dir = tmp_path / "run"
+  ckpt = run_dir / "checkpoints"
+  _kill_when(run_dir, lambda: (ckpt / "1").is_dir())  # step 1 of 2 saved
+  assert "mstep" not in _progress(run_dir) and "behaviour" in _progress(run_dir)
+  _train(run_dir)
+  metrics = _lines(run_dir / "metrics.jsonl")
+  assert [m["step"] for m in metrics if m["kind"] == "mstep"] == [1, 2]  # step 1 not redone
+  assert [m["kind"] for m in metrics].count("estep") == 1
+  assert _final(run_dir)["params_sha256"] == _final(ref_dir)["params_sha256"]
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_hosts_with_jax_distributed(reference, tmp_path):
+  ref_dir, _ = reference
+  run_dir = tmp_path / "run"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  port = _free_port()
+  procs = [_train(run_dir, "--distributed", f"--coordinator_address=127.0.0.1:{port}",
+                  "--num_processes=2", f"--process_id={k}", "--sandbox_workers=1",
+                  env=env, wait=False) for k in range(2)]
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  it = run_dir / "iterations" / "0000"
+  shards = [_lines(it / f"queries.p{k}.jsonl") for k in range(2)]
+  ids = [[s["query_id"] for s in shard] for shard in shards]
+  assert all(ids) and not set(ids[0]) & set(ids[1])  # each host did a share
+  ref_stats = {s["query_id"]: s for s in _lines(ref_dir / "iterations" / "0000" / "queries.p0.jsonl")}
+  assert sorted(ids[0] + ids[1]) == sorted(ref_stats)  # every query exactly once
+  for s in shards[0] + shards[1]:
+    # The seed is a function of the query: the same as in the one-host run.
+    assert s["seeds"] == ref_stats[s["query_id"]]["seeds"]
+    assert s["seeds"]["vanilla"] == derive_seed(0, 0, s["query_id"], "vanilla", "auto")
+  assert len(_lines(it / "dtrain.p0.jsonl")) + len(_lines(it / "dtrain.p1.jsonl")) == 16
+  d0, d1 = _final(run_dir, 0), _final(run_dir, 1)
+  assert d0["params_sha256"] == d1["params_sha256"] and d0["train_step"] == 2
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_flagfile_parses(path, monkeypatch):
+  fv = flags.FlagValues()
+  em_flags.define_flags(fv)
+  fv(["train.py", f"--flagfile={path}"])
+  cfg = em_flags.run_config(fv, check_paths=False)
+  assert cfg.algorithm in ("em", "rl", "sft")
+  if path.name.startswith("qwen25_7b"):
+    assert cfg.engine == "vllm" and cfg.mesh_fsdp == 8 and cfg.num_queries == 7000
+    assert cfg.epochs == 3
+    # The 7B weights are not in the repository: the path check names the flag.
+    monkeypatch.chdir(REPO)  # flagfile paths are relative to the repository root
+    with pytest.raises(flags.ValidationError, match="--init_from"):
+      em_flags.run_config(fv)
+  else:
+    monkeypatch.chdir(REPO)
+    em_flags.run_config(fv)  # debug and demo configs find everything they need
+
+
+@pytest.mark.parametrize("bad, flag", [
+    ("--k=0", "--k"), ("--top_p=1.5", "--top_p"), ("--tokenizer_dir=/nonexistent", "--tokenizer_dir"),
+    ("--train_set=nope", "--train_set"), ("--micro_batch_size=3", "--micro_batch_size"),
+    ("--eval_modes=auto,chat", "--eval_modes"), ("--init_from=/tmp", "--init_from"),
+])
+def test_bad_flags_fail_before_any_work(bad, flag, tmp_path):
+  run_dir = tmp_path / "run"
+  p = subprocess.run(TRAIN + [f"--run_dir={run_dir}", bad], cwd=REPO, capture_output=True,
+                     text=True, timeout=120)
+  assert p.returncode == 2 and flag in p.stderr, p.stderr[-2000:]
+  assert not run_dir.exists()  # nothing was started
+
+
+def test_resume_with_other_settings_is_refused(reference):
+  run_dir, _ = reference
+  before = sorted(os.listdir(run_dir))
+  p = subprocess.run(TRAIN + [f"--run_dir={run_dir}", "--k=4"], cwd=REPO, capture_output=True,
+                     text=True, timeout=300)
+  assert p.returncode == 2 and "--k:" in p.stderr and "2 -> 4" in p.stderr, p.stderr[-2000:]
+  assert sorted(os.listdir(run_dir)) == before

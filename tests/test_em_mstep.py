@@ -1,0 +1,119 @@
+"""M-step and loop helpers by hand: the batch schedule, the engine/trainer mismatch, behaviour
+log-probs on disk, the iteration plan, resume checks; and the behaviour log-probs against a
+direct model call."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from autocode_jax.em import loop, mstep
+from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
+from autocode_jax.em.policy import Policy
+from autocode_jax.models import load_tokenizer
+from autocode_jax.models.transformer import forward
+from autocode_jax.training.step import LossConfig
+
+
+def test_batch_schedule_covers_each_record_once_per_epoch():
+  n, bs = 10, 4
+  per = mstep.steps_per_epoch(n, bs)
+  assert per == 3
+  epoch0 = np.concatenate([mstep.batch_indices(n, bs, 0, 2, j) for j in range(per)])
+  assert len(epoch0) == 12 and sorted(set(epoch0)) == list(range(n))
+  assert list(epoch0[10:]) == list(epoch0[:2])  # the last batch completed from the start
+  epoch1 = np.concatenate([mstep.batch_indices(n, bs, 0, 2, j) for j in range(per, 2 * per)])
+  assert sorted(set(epoch1)) == list(range(n)) and list(epoch1[:10]) != list(epoch0[:10])
+  # A function of (seed, iteration, step) alone: what a resumed run replays.
+  np.testing.assert_array_equal(mstep.batch_indices(n, bs, 0, 2, 4), epoch1[4:8])
+  assert list(mstep.batch_indices(n, bs, 1, 2, 0)) != list(epoch0[:4])
+
+
+def test_mismatch_over_model_tokens_only():
+  recs = [{"roles": "pmmt", "logprobs": [0.0, -1.0, -2.0, 0.0]},
+          {"roles": "m", "logprobs": [-0.5]}]
+  beh = [np.array([-9.0, -1.5, -2.0, -9.0], np.float32), np.array([-0.25], np.float32)]
+  m = mstep.mismatch(recs, beh)
+  assert m["model_tokens"] == 3
+  assert m["logprob_mismatch_mean"] == pytest.approx((0.5 + 0.0 + 0.25) / 3)
+  assert m["logprob_mismatch_max"] == pytest.approx(0.5)
+
+
+def test_behaviour_round_trip(tmp_path):
+  beh = [np.arange(3, dtype=np.float32), np.zeros(0, np.float32), np.ones(2, np.float32)]
+  path = str(tmp_path / "behaviour.npz")
+  mstep.save_behaviour(path, beh)
+  back = mstep.load_behaviour(path)
+  assert len(back) == 3 and all(np.array_equal(a, b) for a, b in zip(beh, back))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["behaviour.npz"]
+
+
+def test_iteration_plan_cycles_over_epochs():
+  queries = list(range(10))
+  assert loop.iteration_plan(10, 4, 3) == 8
+  stream = [q for it in range(8) for q in loop.iteration_queries(queries, it, 4, seed=0)]
+  assert len(stream) == 32
+  for e in range(3):
+    assert sorted(stream[10 * e:10 * (e + 1)]) == queries  # each epoch sees every query once
+  assert stream[:10] != stream[10:20]  # reshuffled per epoch
+
+
+def test_resume_conflicts_name_the_field():
+  a = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t")
+  b = dataclasses.replace(a, k=4, progress=False)
+  assert resume_conflicts(a, b) == ["k: 8 -> 4"]
+  assert resume_conflicts(a, config_from_json(a.to_json())) == []
+  with pytest.raises(ConfigError, match="alpha"):
+    dataclasses.replace(a, alpha=-1.0)
+  with pytest.raises(ConfigError, match="branching"):
+    dataclasses.replace(a, algorithm="rl", branching=True)
+  with pytest.raises(ConfigError, match="algorithm"):
+    dataclasses.replace(a, algorithm="sft")  # with a policy loss
+
+
+def test_behaviour_logprobs_equal_a_direct_forward(shared_dir):
+  tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+  cfg = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t", mesh_fsdp=2,
+                  mesh_data=2, mesh_tensor=2, logprob_batch_size=4, length_multiple=16,
+                  loss=LossConfig())
+  policy = Policy.build(cfg, tok)
+  assert policy.model_config.vocab_size >= tok.vocab_size
+  rng = np.random.default_rng(0)
+  recs = []
+  for n_prompt, n_resp in ((5, 7), (3, 12), (9, 2), (4, 4), (6, 1)):
+    recs.append({"prompt_ids": rng.integers(0, 1000, n_prompt).tolist(),
+                 "token_ids": rng.integers(0, 1000, n_resp).tolist(), "roles": "m" * n_resp,
+                 "logprobs": [0.0] * n_resp})
+  got = policy.behaviour_logprobs(recs)
+  params = jax.device_get(nnx.split(policy.model())[1])
+  graphdef = nnx.split(policy.model())[0]
+  for r, lp in zip(recs, got):
+    seq = np.array([r["prompt_ids"] + r["token_ids"]])
+    logp = jax.nn.log_softmax(forward(graphdef, params, seq)[0])
+    p = len(r["prompt_ids"])
+    want = [float(logp[p - 1 + j, t]) for j, t in enumerate(r["token_ids"])]
+    np.testing.assert_allclose(lp, want, atol=2e-5)
+
+
+def test_metrics_jsonl_and_tensorboard(tmp_path):
+  from autocode_jax.em.metrics import MetricsWriter, read_metrics
+  w = MetricsWriter(str(tmp_path), tensorboard=True)
+  w.write("mstep", 3, {"loss": 0.5, "hist": [1, 2]}, iteration=0)
+  w.write("eval", 3, {"auto": {"accuracy": 0.25}}, iteration=0)
+  w.close()
+  recs = read_metrics(str(tmp_path))
+  assert [(r["kind"], r["step"], r["iteration"]) for r in recs] == [("mstep", 3, 0), ("eval", 3, 0)]
+  assert recs[0]["loss"] == 0.5 and recs[1]["auto"] == {"accuracy": 0.25}
+  events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  import struct
+  from tensorboardX.proto import event_pb2
+  data, tags = events[0].read_bytes(), []
+  while data:  # TFRecord framing: length, crc, payload, crc
+    (n,) = struct.unpack("<Q", data[:8])
+    ev = event_pb2.Event.FromString(data[12:12 + n])
+    tags += [(v.tag, v.simple_value, ev.step) for v in ev.summary.value]
+    data = data[12 + n + 4:]
+  assert tags == [("mstep/loss", 0.5, 3)]
