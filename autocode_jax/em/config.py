@@ -54,7 +54,8 @@ class RunConfig:
   Tools and grading: sandbox_workers, sandbox_timeout_s, sandbox_memory_mb, max_output_chars,
     grade_timeout_s.
   Engine: engine (jax | vllm), vllm_tensor_parallel, vllm_gpu_memory_utilization,
-    vllm_max_model_len, vllm_sleep (free vLLM's memory during the M-step).
+    vllm_max_model_len, vllm_sleep (free vLLM's memory during the M-step), vllm_enforce_eager
+    (no CUDA graphs / compilation: faster start, slower decoding).
   M-step: train_batch_size trajectories per update, micro_batch_size (gradient accumulation;
     0: none), m_step_epochs, length_multiple (padding bucket), logprob_batch_size (rows per
     behaviour log-prob pass), optimizer, loss.
@@ -107,6 +108,7 @@ class RunConfig:
   vllm_gpu_memory_utilization: float = 0.5
   vllm_max_model_len: int = 4096
   vllm_sleep: bool = False
+  vllm_enforce_eager: bool = False
   train_batch_size: int = 64
   micro_batch_size: int = 0
   m_step_epochs: int = 1

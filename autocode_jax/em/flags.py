@@ -48,6 +48,7 @@ HELP = {
     "vllm_tensor_parallel": "vLLM tensor_parallel_size",
     "vllm_gpu_memory_utilization": "vLLM gpu_memory_utilization",
     "vllm_max_model_len": "vLLM max_model_len", "vllm_sleep": "put vLLM to sleep during M-steps",
+    "vllm_enforce_eager": "vLLM enforce_eager (no graph capture or compilation)",
     "train_batch_size": "trajectories per update", "micro_batch_size": "rows per micro-batch "
     "(gradient accumulation; 0: none)", "m_step_epochs": "passes over D_train per M-step",
     "length_multiple": "sequence padding bucket", "logprob_batch_size": "rows per behaviour "

@@ -166,6 +166,7 @@ class Runner:
     self.export_dir = os.path.join(cfg.run_dir, "hf_policy")
     self._explorer = None
     self._engine_step = None
+    self.engine_updates = 0  # weight updates of the rollout engine after M-steps
     self.stop_ids = self._stop_ids()
 
   # -- pieces ------------------------------------------------------------------------------------
@@ -209,7 +210,8 @@ class Runner:
         engine = VllmEngine(self.export_dir, dtype=cfg.dtype, seed=cfg.seed,
                             tensor_parallel_size=cfg.vllm_tensor_parallel,
                             gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                            max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep)
+                            max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep,
+                            enforce_eager=cfg.vllm_enforce_eager)
       self._explorer = explore.Explorer(engine, sandbox, self.tokenizer, grader, cfg,
                                         fence_token_ids(self.tokenizer), self.stop_ids)
       self._engine_step = self.policy.step
@@ -223,6 +225,7 @@ class Runner:
           engine.wake_up()
         engine.update_weights(self.export_dir)
       self._engine_step = self.policy.step
+      self.engine_updates += 1
     return self._explorer
 
   def _export(self) -> None:
@@ -355,6 +358,7 @@ class Runner:
           self.metrics.write("eval", self.policy.step, acc, iteration=it)
           line["eval"] = acc
         self.progress.mark(it, "eval")
+      line["engine_updates"] = self.engine_updates
       self.metrics.write("iteration", self.policy.step, line, iteration=it)
       self.log(summary_line(it, self.num_iterations, line))
       summary = line
