@@ -103,7 +103,7 @@ def test_vllm_engine_in_the_loop(tmp_path):
   behaviour = next(m for m in metrics if m["kind"] == "behaviour")
   assert behaviour["model_tokens"] > 0 and behaviour["logprob_mismatch_mean"] < 1e-3
   line = next(m for m in metrics if m["kind"] == "iteration")
-  assert line["engine_updates"] == 1 and line["eval"]["auto"]["n"] == 4
+  assert line["engine_updates"] == 1 and line["eval"]["queries"] == 4
   assert _final(run_dir)["train_step"] == 2
 
 

@@ -116,4 +116,4 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
     ev = event_pb2.Event.FromString(data[12:12 + n])
     tags += [(v.tag, v.simple_value, ev.step) for v in ev.summary.value]
     data = data[12 + n + 4:]
-  assert tags == [("mstep/loss", 0.5, 3)]
+  assert tags == [("mstep/loss", 0.5, 3), ("eval/auto/accuracy", 0.25, 3)]

@@ -31,7 +31,8 @@ from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
 from autocode_jax.em.metrics import MetricsWriter
 from autocode_jax.em.policy import Policy
-from autocode_jax.eval.run import accuracy_by_mode, run_modes
+from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.eval.run import run_modes
 
 PHASES = ("estep", "behaviour", "mstep", "export", "eval")
 
@@ -287,7 +288,7 @@ class Runner:
       f.writelines(json.dumps(r) + "\n" for r in rows)
     os.replace(path + ".tmp", path)
     _barrier(f"eval-{it}")
-    return accuracy_by_mode(explore.read_shards(it_dir, "eval"))
+    return autocode_analysis(explore.read_shards(it_dir, "eval"))
 
   def _mstep(self, it: int, records: list, behaviour: list) -> dict:
     cfg = self.cfg
@@ -393,7 +394,9 @@ def summary_line(it: int, total: int, line: dict) -> str:
                  + (f" loss {m['loss']:.4f}" if "loss" in m else ""))
   ev = line.get("eval")
   if ev:
-    parts.append("eval " + " ".join(f"{k} {v['accuracy']:.3f}" for k, v in ev.items()))
+    parts.append("eval " + " ".join(f"{k} {v:.3f}" for k, v in ev["accuracy"].items())
+                 + (f" sel {ev['selection_accuracy']:.3f}"
+                    if ev.get("selection_accuracy") is not None else ""))
   return " | ".join(parts)
 
 

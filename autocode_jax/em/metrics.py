@@ -25,21 +25,30 @@ class MetricsWriter:
 
   def write(self, kind: str, step: int, values: dict, **tags) -> None:
     """One event: kind (estep, mstep, behaviour, eval, iteration), the global train step, the
-    values (nested dicts and lists go to the JSONL only), and tags such as the iteration."""
+    values, and tags such as the iteration. TensorBoard gets every number, nested dicts as
+    kind/key/subkey; lists go to the JSONL only."""
     if not self.enabled:
       return
     rec = {"kind": kind, "step": step, **tags, **values, "time": round(time.time(), 3)}
     with open(self.path, "a") as f:
       f.write(json.dumps(rec, separators=(",", ":")) + "\n")
     if self._tb is not None:
-      for k, v in values.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-          self._tb.add_scalar(f"{kind}/{k}", v, step)
+      for k, v in _scalars(values, kind):
+        self._tb.add_scalar(k, v, step)
       self._tb.flush()
 
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+
+
+def _scalars(values: dict, prefix: str):
+  """(tag, number) for every number in nested dicts; lists and None are skipped."""
+  for k, v in values.items():
+    if isinstance(v, dict):
+      yield from _scalars(v, f"{prefix}/{k}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+      yield f"{prefix}/{k}", v
 
 
 def read_metrics(run_dir: str, kind: str | None = None) -> list[dict]:

@@ -1,0 +1,71 @@
+"""Evaluation metrics of METHOD.md (Evaluation) as pure functions of result rows.
+
+A row is one graded response: {"query_id", "mode" (cot | code | auto), "correct" (0/1),
+"label" (1 if it executed code)}; a query may have several rows per mode (n samples).
+
+- Pass@1 of a mode: per query the mean correctness over its samples (greedy: its one sample),
+  averaged over queries.
+- Union bound: the fraction of queries solved by `cot` or by `code`, a query counting as solved
+  in a mode when at least half its samples there are correct (greedy: the sample is correct).
+- Selection accuracy: over the queries solved by exactly one of `cot` / `code`, the mean over
+  queries of the fraction of `auto` samples whose decision (label) picked that mode.
+- Code-invocation rate per query: the fraction of its `auto` samples that executed code; its
+  histogram over [0, 1] (Fig. 5 of the paper, one per training phase).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Sequence
+
+import numpy as np
+
+
+def per_query(rows: Sequence[dict]) -> dict[tuple[str, str], dict]:
+  """(query_id, mode) -> {"accuracy", "code_rate", "n"} over that query's samples in that mode."""
+  groups = collections.defaultdict(list)
+  for r in rows:
+    groups[(r["query_id"], r["mode"])].append(r)
+  return {k: {"accuracy": float(np.mean([r["correct"] for r in v])),
+              "code_rate": float(np.mean([r["label"] for r in v])), "n": len(v)}
+          for k, v in groups.items()}
+
+
+def pass_at_1(rows: Sequence[dict], mode: str) -> float:
+  accs = [v["accuracy"] for (_, m), v in per_query(rows).items() if m == mode]
+  if not accs:
+    raise ValueError(f"pass_at_1: no rows in mode {mode!r}")
+  return float(np.mean(accs))
+
+
+def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
+  """Accuracy and code rate per mode, the union bound, the selection accuracy (and how many
+  queries it is over), and the histogram of auto's per-query code-invocation rate."""
+  pq = per_query(rows)
+  modes = sorted({m for _, m in pq})
+  out: dict = {"accuracy": {m: pass_at_1(rows, m) for m in modes},
+               "code_rate": {m: float(np.mean([v["code_rate"] for (_, mm), v in pq.items()
+                                               if mm == m])) for m in modes}}
+  queries = sorted({q for q, _ in pq})
+  out["queries"] = len(queries)
+  if "cot" in modes and "code" in modes:
+    solved = lambda q, m: (q, m) in pq and pq[(q, m)]["accuracy"] >= 0.5
+    out["union_bound"] = float(np.mean([solved(q, "cot") or solved(q, "code") for q in queries]))
+    picks = []
+    for q in queries:
+      cot, code = solved(q, "cot"), solved(q, "code")
+      if cot != code and (q, "auto") in pq:
+        rate = pq[(q, "auto")]["code_rate"]  # fraction of auto samples that used code
+        picks.append(rate if code else 1.0 - rate)
+    out["selection_queries"] = len(picks)
+    out["selection_accuracy"] = float(np.mean(picks)) if picks else None
+  if "auto" in modes:
+    out["invocation_hist"] = invocation_histogram(rows, bins=bins)
+  return out
+
+
+def invocation_histogram(rows: Sequence[dict], mode: str = "auto", bins: int = 10) -> list[int]:
+  """Counts of queries by their code-invocation rate in `mode`, over `bins` equal bins of
+  [0, 1] (the last bin includes 1)."""
+  rates = [v["code_rate"] for (_, m), v in per_query(rows).items() if m == mode]
+  return np.histogram(rates, bins=bins, range=(0.0, 1.0))[0].tolist()
