@@ -26,6 +26,7 @@ setup(
         "math-verify>=0.7",
         "tqdm>=4.66",
         "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+        "matplotlib>=3.8",
     ],
     extras_require={
         # torch is the parity reference; .ci/run installs the local CPU wheel first.

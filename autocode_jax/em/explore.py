@@ -70,6 +70,48 @@ class Explorer:
         t.reward = float(good)
 
 
+def stop_ids(tokenizer, model_config, template: str) -> tuple[int, ...]:
+  """Tokens that end a response: the model's and the tokenizer's EOS, and <|im_end|> under the
+  chat template."""
+  ids = set(model_config.eos_token_ids)
+  if tokenizer.eos_token_id is not None:
+    ids.add(tokenizer.eos_token_id)
+  if template == "chat":
+    end = tokenizer.encode("<|im_end|>")
+    if len(end) == 1:
+      ids.add(end[0])
+  return tuple(sorted(ids))
+
+
+def end_id(tokenizer, template: str, stops: tuple[int, ...]) -> int:
+  """The token that ends a written (SFT) response: <|im_end|> under chat, else the first stop."""
+  if template == "chat":
+    end = tokenizer.encode("<|im_end|>")
+    if len(end) == 1:
+      return end[0]
+  return stops[0]
+
+
+def make_tools(cfg):
+  """The sandbox and the grader pool of a config with sandbox_workers, sandbox_timeout_s,
+  sandbox_memory_mb, max_output_chars and grade_timeout_s (a RunConfig or an EvalConfig)."""
+  from autocode_jax.grading.pool import GraderPool
+  from autocode_jax.interpreter.sandbox import Sandbox
+  sandbox = Sandbox(num_workers=cfg.sandbox_workers, timeout_s=cfg.sandbox_timeout_s,
+                    memory_mb=cfg.sandbox_memory_mb, max_output_chars=cfg.max_output_chars)
+  return sandbox, GraderPool(timeout_s=cfg.grade_timeout_s)
+
+
+def make_vllm(cfg, model_dir: str):
+  """A VllmEngine on a HF directory, from a config's dtype, seed and vllm_* fields."""
+  from autocode_jax.rollout.vllm_engine import VllmEngine
+  return VllmEngine(model_dir, dtype=cfg.dtype, seed=cfg.seed,
+                    tensor_parallel_size=cfg.vllm_tensor_parallel,
+                    gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                    max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep,
+                    enforce_eager=cfg.vllm_enforce_eager)
+
+
 def grading_dataset(source: str) -> str:
   """The extraction rules a query's answers are graded under (gsm8k_train grades as gsm8k)."""
   return DATASETS[source].gold_as or source if source in DATASETS else source

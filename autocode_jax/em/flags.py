@@ -62,39 +62,52 @@ _ENUMS = {"algorithm": config_lib.ALGORITHMS, "engine": config_lib.ENGINES,
           "template": config_lib.TEMPLATES}
 
 
-def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-  train_flags.define_flags(fv)
-  hints = typing.get_type_hints(config_lib.RunConfig)
-  for f in dataclasses.fields(config_lib.RunConfig):
-    if f.name in _SKIP:
+def define_dataclass_flags(cls, help_: dict[str, str], fv: flags.FlagValues,
+                           skip=(), enums=None) -> None:
+  """A flag per field of dataclass `cls` (same name, type and default), except `skip`."""
+  hints = typing.get_type_hints(cls)
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
       continue
     default = None if f.default is dataclasses.MISSING else f.default
-    kind, help_ = hints[f.name], HELP[f.name]
-    if f.name in _ENUMS:
-      flags.DEFINE_enum(f.name, default, _ENUMS[f.name], help_, flag_values=fv)
+    kind, text = hints[f.name], help_[f.name]
+    if enums and f.name in enums:
+      flags.DEFINE_enum(f.name, default, enums[f.name], text, flag_values=fv)
     elif kind is bool:
-      flags.DEFINE_bool(f.name, default, help_, flag_values=fv)
+      flags.DEFINE_bool(f.name, default, text, flag_values=fv)
     elif kind is int:
-      flags.DEFINE_integer(f.name, default, help_, flag_values=fv)
+      flags.DEFINE_integer(f.name, default, text, flag_values=fv)
     elif kind is float:
-      flags.DEFINE_float(f.name, default, help_, flag_values=fv)
+      flags.DEFINE_float(f.name, default, text, flag_values=fv)
     elif kind == tuple[str, ...]:
-      flags.DEFINE_list(f.name, list(default), help_, flag_values=fv)
+      flags.DEFINE_list(f.name, list(default), text, flag_values=fv)
     else:
-      flags.DEFINE_string(f.name, default, help_, flag_values=fv)
+      flags.DEFINE_string(f.name, default, text, flag_values=fv)
+
+
+def dataclass_kwargs(cls, fv: flags.FlagValues, skip=()) -> dict:
+  """The parsed flags of `cls`'s fields, lists as tuples; a required field left unset is an
+  error naming its flag."""
+  kwargs = {}
+  for f in dataclasses.fields(cls):
+    if f.name in skip:
+      continue
+    value = fv[f.name].value
+    if value is None and f.default is dataclasses.MISSING:
+      raise flags.ValidationError(f"--{f.name}: required")
+    kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+  return kwargs
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  train_flags.define_flags(fv)
+  define_dataclass_flags(config_lib.RunConfig, HELP, fv, skip=_SKIP, enums=_ENUMS)
 
 
 def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True) -> config_lib.RunConfig:
   """The RunConfig of the parsed flags; a bad value or path raises flags.ValidationError that
   names the flag."""
-  kwargs = {}
-  for f in dataclasses.fields(config_lib.RunConfig):
-    if f.name in _SKIP:
-      continue
-    value = fv[f.name].value
-    kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-  if kwargs["run_dir"] is None:
-    raise flags.ValidationError("--run_dir: required")
+  kwargs = dataclass_kwargs(config_lib.RunConfig, fv, skip=_SKIP)
   kind = "sft" if kwargs["algorithm"] == "sft" else "policy"
   try:
     cfg = config_lib.RunConfig(**kwargs, optimizer=train_flags.optimizer_config(fv),

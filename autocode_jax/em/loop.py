@@ -168,37 +168,16 @@ class Runner:
     self._explorer = None
     self._engine_step = None
     self.engine_updates = 0  # weight updates of the rollout engine after M-steps
-    self.stop_ids = self._stop_ids()
+    self.stop_ids = explore.stop_ids(self.tokenizer, self.policy.model_config, cfg.template)
 
   # -- pieces ------------------------------------------------------------------------------------
-
-  def _stop_ids(self) -> tuple[int, ...]:
-    ids = set(self.policy.model_config.eos_token_ids)
-    if self.tokenizer.eos_token_id is not None:
-      ids.add(self.tokenizer.eos_token_id)
-    if self.cfg.template == "chat":
-      end = self.tokenizer.encode("<|im_end|>")
-      if len(end) == 1:
-        ids.add(end[0])
-    return tuple(sorted(ids))
-
-  def _end_id(self) -> int:
-    if self.cfg.template == "chat":
-      end = self.tokenizer.encode("<|im_end|>")
-      if len(end) == 1:
-        return end[0]
-    return self.stop_ids[0]
 
   def explorer(self) -> explore.Explorer:
     """The engine, sandbox and grader, built on first use; the engine then follows the policy."""
     cfg = self.cfg
     if self._explorer is None:
-      from autocode_jax.grading.pool import GraderPool
-      from autocode_jax.interpreter.sandbox import Sandbox
       from autocode_jax.rollout.tool_loop import fence_token_ids
-      sandbox = Sandbox(num_workers=cfg.sandbox_workers, timeout_s=cfg.sandbox_timeout_s,
-                        memory_mb=cfg.sandbox_memory_mb, max_output_chars=cfg.max_output_chars)
-      grader = GraderPool(timeout_s=cfg.grade_timeout_s)
+      sandbox, grader = explore.make_tools(cfg)
       if cfg.engine == "jax":
         from autocode_jax.rollout.jax_sampler import JaxSampler
         engine = JaxSampler(self.policy.model(), mesh=self.policy.mesh if self.nproc == 1 else None,
@@ -207,12 +186,7 @@ class Runner:
           engine.update(self.policy.local_params())
       else:
         self._export()
-        from autocode_jax.rollout.vllm_engine import VllmEngine
-        engine = VllmEngine(self.export_dir, dtype=cfg.dtype, seed=cfg.seed,
-                            tensor_parallel_size=cfg.vllm_tensor_parallel,
-                            gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                            max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep,
-                            enforce_eager=cfg.vllm_enforce_eager)
+        engine = explore.make_vllm(cfg, self.export_dir)
       self._explorer = explore.Explorer(engine, sandbox, self.tokenizer, grader, cfg,
                                         fence_token_ids(self.tokenizer), self.stop_ids)
       self._engine_step = self.policy.step
@@ -256,7 +230,7 @@ class Runner:
     t0 = time.perf_counter()
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
-      recs = explore.sft_records(self.tokenizer, cfg, mine, it, self._end_id())
+      recs = explore.sft_records(self.tokenizer, cfg, mine, it, explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
       tmp = path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in recs)

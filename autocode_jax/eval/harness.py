@@ -1,0 +1,161 @@
+"""Evaluation of a HuggingFace checkpoint on the benchmarks (METHOD.md, Evaluation): each
+benchmark in each prompt mode, greedy or n samples, through the tool loop, the sandbox and the
+grader; results as JSON, per-rollout rows, a Markdown table and PNG plots.
+
+Output directory: rows/<benchmark>.jsonl (written once a benchmark is done; a rerun skips the
+benchmarks already there), results.json, summary.md, accuracy_by_mode.png, invocation_hist.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from autocode_jax.data.datasets import DATASETS, load_dataset
+from autocode_jax.data.sampling import stratified_sample
+from autocode_jax.em import explore
+from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES, ConfigError
+from autocode_jax.eval import report
+from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.eval.run import run_modes
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """model_dir: the HF checkpoint; out_dir: where results go; benchmarks: dataset names; limit:
+  queries per benchmark (0: all; otherwise a seeded difficulty-stratified sample); modes;
+  sampled_benchmarks are scored as the mean over `samples` samples at `sample_temperature`
+  (METHOD.md: AIME24 and AMC23, n = 64, T = 0.6), the others greedily. The other fields mean
+  what they mean in em.config.RunConfig."""
+  model_dir: str
+  out_dir: str
+  tokenizer_dir: str = ""
+  template: str = "chat"
+  benchmarks: tuple[str, ...] = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24",
+                                 "amc23")
+  data_dir: str = "../shared/data"
+  limit: int = 0
+  modes: tuple[str, ...] = ("cot", "code", "auto")
+  sampled_benchmarks: tuple[str, ...] = ("aime24", "amc23")
+  samples: int = 64
+  sample_temperature: float = 0.6
+  max_tokens: int = 2048
+  max_tool_calls: int = 4
+  seed: int = 0
+  param_dtype: str = "float32"
+  dtype: str = "float32"
+  mesh_data: int = 1
+  mesh_fsdp: int = -1
+  mesh_tensor: int = 1
+  engine: str = "jax"
+  vllm_tensor_parallel: int = 1
+  vllm_gpu_memory_utilization: float = 0.8
+  vllm_max_model_len: int = 4096
+  vllm_enforce_eager: bool = False
+  sandbox_workers: int = 2
+  sandbox_timeout_s: float = 5.0
+  sandbox_memory_mb: int = 1024
+  max_output_chars: int = 512
+  grade_timeout_s: float = 5.0
+
+  # What the Explorer reads besides the fields above.
+  k = 1
+  temperature = 0.0
+  top_p = 1.0
+  vllm_sleep = False
+
+  def __post_init__(self):
+    def need(ok, field, message):
+      if not ok:
+        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
+    need(bool(self.model_dir), "model_dir", "a HuggingFace model directory is required")
+    need(bool(self.out_dir), "out_dir", "an output directory is required")
+    need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")
+    need(self.engine in ENGINES, "engine", f"expected one of {ENGINES}")
+    need(bool(self.benchmarks) and all(b in DATASETS for b in self.benchmarks), "benchmarks",
+         f"expected names from {tuple(DATASETS)}")
+    need(all(b in DATASETS for b in self.sampled_benchmarks), "sampled_benchmarks",
+         f"expected names from {tuple(DATASETS)}")
+    need(bool(self.modes) and all(m in EVAL_MODES for m in self.modes), "modes",
+         f"expected a non-empty list from {EVAL_MODES}")
+    for f in ("samples", "max_tokens", "sandbox_workers", "sandbox_memory_mb",
+              "max_output_chars", "vllm_tensor_parallel", "vllm_max_model_len"):
+      need(getattr(self, f) > 0, f, "must be positive")
+    need(self.limit >= 0 and self.max_tool_calls >= 0, "limit", "limit and max_tool_calls >= 0")
+    need(self.sample_temperature > 0, "sample_temperature", "must be positive")
+
+
+def validate_paths(cfg: EvalConfig) -> None:
+  from autocode_jax.models.tokenizer import TokenizerError, tokenizer_files
+  if not os.path.isfile(os.path.join(cfg.model_dir, "config.json")):
+    raise ConfigError("model_dir", f"{cfg.model_dir!r} is not a HuggingFace model directory "
+                      "(no config.json)")
+  try:
+    tokenizer_files(cfg.tokenizer_dir or cfg.model_dir)
+  except TokenizerError as e:
+    raise ConfigError("tokenizer_dir" if cfg.tokenizer_dir else "model_dir", str(e)) from None
+  for name in cfg.benchmarks:
+    path = os.path.join(cfg.data_dir, DATASETS[name].path)
+    if not os.path.isfile(path):
+      raise ConfigError("benchmarks", f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")
+
+
+def _queries(cfg: EvalConfig, name: str):
+  qs = load_dataset(name, cfg.data_dir)
+  if cfg.limit and cfg.limit < len(qs):
+    qs = stratified_sample(qs, cfg.limit, seed=cfg.seed)
+  return qs
+
+
+def evaluate(cfg: EvalConfig, log=print) -> dict:
+  """Evaluates every benchmark (skipping those already in out_dir/rows) and writes the report.
+  Returns {benchmark: autocode_analysis(...) plus "n_samples"}."""
+  from autocode_jax.models.hf import from_pretrained
+  from autocode_jax.models.sharding import make_mesh
+  from autocode_jax.models.tokenizer import load_tokenizer
+  from autocode_jax.rollout.tool_loop import fence_token_ids
+  rows_dir = os.path.join(cfg.out_dir, "rows")
+  os.makedirs(rows_dir, exist_ok=True)
+  todo = [b for b in cfg.benchmarks if not os.path.exists(os.path.join(rows_dir, f"{b}.jsonl"))]
+  if todo:
+    tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.model_dir)
+    sandbox, grader = explore.make_tools(cfg)
+    try:
+      if cfg.engine == "jax":
+        from autocode_jax.rollout.jax_sampler import JaxSampler
+        mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+        model = from_pretrained(cfg.model_dir, mesh=mesh, param_dtype=cfg.param_dtype,
+                                dtype=cfg.dtype)
+        model_config = model.config
+        pad = tokenizer.pad_token_id or 0
+        engine = JaxSampler(model, mesh=mesh, pad_id=pad)
+      else:
+        from autocode_jax.models.config import load_hf_config
+        model_config = load_hf_config(cfg.model_dir)
+        engine = explore.make_vllm(cfg, cfg.model_dir)
+      stops = explore.stop_ids(tokenizer, model_config, cfg.template)
+      ex = explore.Explorer(engine, sandbox, tokenizer, grader, cfg, fence_token_ids(tokenizer),
+                            stops)
+      for name in todo:
+        sampled = name in cfg.sampled_benchmarks
+        rows = run_modes(ex, _queries(cfg, name), cfg.modes, cfg.max_tokens, tag=name,
+                         n=cfg.samples if sampled else 1,
+                         temperature=cfg.sample_temperature if sampled else 0.0)
+        path = os.path.join(rows_dir, f"{name}.jsonl")
+        with open(path + ".tmp", "w") as f:
+          f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(path + ".tmp", path)
+        log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in
+                                   autocode_analysis(rows)["accuracy"].items()))
+    finally:
+      sandbox.close()
+      grader.close()
+  results = {}
+  for name in cfg.benchmarks:
+    with open(os.path.join(rows_dir, f"{name}.jsonl")) as f:
+      rows = [json.loads(line) for line in f]
+    results[name] = dict(autocode_analysis(rows),
+                         n_samples=cfg.samples if name in cfg.sampled_benchmarks else 1)
+  report.write_report(results, cfg.out_dir)
+  return results

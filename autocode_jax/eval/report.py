@@ -1,0 +1,115 @@
+"""Reports of evaluation results: results.json, a Markdown table and PNG plots (matplotlib,
+headless), for benchmark evaluations and for training runs (Figs. 4 and 5 of the paper: accuracy
+per prompt mode over iterations, and the code-invocation histogram by training phase)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from autocode_jax.eval.metrics import autocode_analysis
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+  """One row per benchmark: accuracy per mode, union bound, selection accuracy, auto's code
+  rate (percentages)."""
+  modes = sorted({m for r in results.values() for m in r["accuracy"]})
+  head = (["benchmark", "n"] + [f"{m} acc" for m in modes]
+          + ["union bound", "selection acc", "auto code rate"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, r in results.items():
+    cells = [name, str(r.get("n_samples", 1))] + [_pct(r["accuracy"][m]) if m in r["accuracy"]
+                                                  else "-" for m in modes]
+    cells += [_pct(r.get("union_bound")), _pct(r.get("selection_accuracy")),
+              _pct(r.get("code_rate", {}).get("auto"))]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_by_mode(results: dict[str, dict], path: str) -> None:
+  plt = _plt()
+  names = list(results)
+  modes = sorted({m for r in results.values() for m in r["accuracy"]})
+  fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(names)), 3.5))
+  width = 0.8 / max(len(modes), 1)
+  for j, m in enumerate(modes):
+    ax.bar(np.arange(len(names)) + j * width, [100 * results[n]["accuracy"].get(m, 0) for n in names],
+           width, label=m)
+  ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
+  ax.set_ylabel("Pass@1 (%)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_invocation_hist(hists: dict[str, list[int]], path: str, title: str = "") -> None:
+  """hists: label (a benchmark, or a training phase) -> counts over equal bins of [0, 1]."""
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for label, h in hists.items():
+    edges = np.linspace(0, 1, len(h) + 1)
+    ax.stairs(np.asarray(h) / max(sum(h), 1), edges, label=label)
+  ax.set_xlabel("code-invocation rate per query")
+  ax.set_ylabel("fraction of queries")
+  if title:
+    ax.set_title(title)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def write_report(results: dict[str, dict], out_dir: str) -> None:
+  with open(os.path.join(out_dir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  with open(os.path.join(out_dir, "summary.md"), "w") as f:
+    f.write(markdown_table(results))
+  plot_accuracy_by_mode(results, os.path.join(out_dir, "accuracy_by_mode.png"))
+  hists = {n: r["invocation_hist"] for n, r in results.items() if "invocation_hist" in r}
+  if hists:
+    plot_invocation_hist(hists, os.path.join(out_dir, "invocation_hist.png"))
+
+
+def training_curves(run_dir: str, path: str) -> dict[int, dict]:
+  """Fig. 4 for a training run: each evaluated iteration's accuracy per mode (and auto's code
+  rate), from its iterations/<i>/eval.p*.jsonl; also returns the analyses by iteration."""
+  by_it = {}
+  root = os.path.join(run_dir, "iterations")
+  for name in sorted(os.listdir(root)):
+    files = [f for f in os.listdir(os.path.join(root, name)) if f.startswith("eval")]
+    rows = []
+    for fname in files:
+      with open(os.path.join(root, name, fname)) as f:
+        rows += [json.loads(line) for line in f]
+    if rows:
+      by_it[int(name)] = autocode_analysis(rows)
+  plt = _plt()
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  its = sorted(by_it)
+  for m in sorted({m for a in by_it.values() for m in a["accuracy"]}):
+    ax.plot([i + 1 for i in its], [100 * by_it[i]["accuracy"].get(m, np.nan) for i in its],
+            marker="o", label=f"{m} acc")
+  if its and "auto" in by_it[its[0]]["code_rate"]:
+    ax.plot([i + 1 for i in its], [100 * by_it[i]["code_rate"]["auto"] for i in its],
+            linestyle="--", label="auto code rate")
+  ax.set_xlabel("iteration")
+  ax.set_ylabel("%")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return by_it
