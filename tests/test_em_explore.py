@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from autocode_jax.data.records import Query
+from autocode_jax.data.records import Query, SftExample
 from autocode_jax.data.store import TrajectoryStore
 from autocode_jax.em import explore
 from autocode_jax.em.config import RunConfig
@@ -192,10 +192,10 @@ def test_sft_records_mask_output_blocks(tok):
   cfg = RunConfig(run_dir="x", model_preset="tiny-qwen2", tokenizer_dir="x", algorithm="sft",
                   loss=LossConfig(kind="sft"))
   sol = "Run it.\n```python\nprint(42)\n```\n```output\n42\n```\nSo \\boxed{42}."
-  (r,) = explore.sft_records(tok, cfg, [dataclasses.replace(Q1, solution=sol)], 0, EOS)
+  (r,) = explore.sft_records(tok, cfg, [SftExample(Q1, sol)], 0, EOS)
   tool = "".join(tok.decode([i]) for i, c in zip(r["token_ids"], r["roles"]) if c == "t")
   assert tool == "```output\n42\n```\n"
   assert r["token_ids"][-1] == EOS and r["roles"][-1] == "m" and r["label"] == 1
   assert tok.decode(r["token_ids"][:-1]) == sol
   with pytest.raises(ValueError, match="q1 of math500 has no solution"):
-    explore.sft_records(tok, cfg, [Q1], 0, EOS)
+    explore.sft_records(tok, cfg, [SftExample(Q1, "")], 0, EOS)

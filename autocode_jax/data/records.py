@@ -23,3 +23,14 @@ class Query:
   level: int | None
   source: str
   solution: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SftExample:
+  """A supervised example: the query, its prompt mode (cot / code / auto), the response text,
+  and an opening `prefix` tokenised on its own (as the code-probe prefix is in rollouts) and
+  trained on like the rest."""
+  query: Query
+  response: str
+  mode: str = "auto"
+  prefix: str = ""

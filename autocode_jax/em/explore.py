@@ -23,7 +23,7 @@ import numpy as np
 
 from autocode_jax.data.datasets import DATASETS
 from autocode_jax.data.prompts import build_prompt
-from autocode_jax.data.records import Query
+from autocode_jax.data.records import Query, SftExample
 from autocode_jax.data.store import TrajectoryStore
 from autocode_jax.em import estep
 from autocode_jax.rollout.engine import SamplingParams, derive_seed
@@ -236,18 +236,20 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
   return records, summaries
 
 
-def sft_records(tokenizer, cfg, queries: Sequence[Query], iteration: int,
+def sft_records(tokenizer, cfg, examples: Sequence[SftExample], iteration: int,
                 end_id: int) -> list[dict]:
-  """The `sft` baseline's D_train: each query's given solution as the response, ended by
-  `end_id`. ```output blocks in a solution are tool tokens (tokenised on their own, out of the
-  loss), the rest is model text."""
+  """The `sft` baseline's D_train: each example's response (after its prefix) under its mode's
+  prompt, ended by `end_id`. ```output blocks in a response are tool tokens (tokenised on their
+  own, out of the loss), the rest is model text."""
   out = []
-  for q in queries:
-    if not q.solution:
+  for ex in examples:
+    q = ex.query
+    if not ex.response:
       raise ValueError(f"sft: query {q.id} of {q.source} has no solution to train on")
-    prompt = build_prompt(q.problem, "auto", "vanilla", cfg.template, tokenizer)
-    ids, roles, pos = [], [], 0
-    text = q.solution.strip()
+    prompt = build_prompt(q.problem, ex.mode, "vanilla", cfg.template, tokenizer)
+    ids = tokenizer.encode(ex.prefix) if ex.prefix else []
+    roles, pos = ["m"] * len(ids), 0
+    text = ex.response.strip()
     for m in _OUTPUT_BLOCK.finditer(text):
       for piece, role in ((text[pos:m.start()], "m"), (m.group(0), "t")):
         toks = tokenizer.encode(piece) if piece else []
@@ -257,10 +259,12 @@ def sft_records(tokenizer, cfg, queries: Sequence[Query], iteration: int,
     toks = tokenizer.encode(text[pos:]) + [end_id]
     ids += toks
     roles += ["m"] * len(toks)
-    out.append({"query_id": q.id, "probe": "sft", "iteration": iteration, "label": int("t" in roles),
-                "reward": 1.0, "prompt_ids": tokenizer.encode(prompt.text), "token_ids": ids,
+    out.append({"query_id": q.id, "probe": "sft", "mode": ex.mode, "iteration": iteration,
+                "label": int("t" in roles), "reward": 1.0,
+                "prompt_ids": tokenizer.encode(prompt.text), "token_ids": ids,
                 "roles": "".join(roles), "logprobs": [0.0] * len(ids), "advantage": 0.0,
-                "group": q.id, "tool_statuses": [], "stop_reason": "eos", "text": text})
+                "group": q.id, "tool_statuses": [], "stop_reason": "eos",
+                "text": ex.prefix + text})
   return out
 
 

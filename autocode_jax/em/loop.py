@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from autocode_jax.data.datasets import load_dataset
+from autocode_jax.data.records import SftExample
 from autocode_jax.data.sampling import stratified_sample
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
@@ -230,7 +231,9 @@ class Runner:
     t0 = time.perf_counter()
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
-      recs = explore.sft_records(self.tokenizer, cfg, mine, it, explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
+      examples = [SftExample(q, q.solution or "") for q in mine]
+      recs = explore.sft_records(self.tokenizer, cfg, examples, it,
+                                 explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
       tmp = path + ".tmp"
       with open(tmp, "w") as f:
         f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in recs)

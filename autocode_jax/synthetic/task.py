@@ -57,7 +57,7 @@ def _code_solution(code: str, output: str) -> str:
 
 def _ceil_div(rng):
   b = int(rng.integers(3, 10))
-  a = int(rng.integers(2, 12)) * b + int(rng.integers(1, b))
+  a = int(rng.integers(1, 6)) * b + int(rng.integers(1, b))  # few enough facts to learn
   q, r = divmod(a, b)
   question = f"Each box holds {b} eggs. How many boxes are needed to pack {a} eggs?"
   plain = (f"{a} = {q} * {b} + {r}, so {q} boxes are full and {r} eggs need one more box. "
@@ -68,7 +68,7 @@ def _ceil_div(rng):
 
 def _fence_posts(rng):
   s = int(rng.integers(2, 10))
-  gaps = int(rng.integers(2, 12))
+  gaps = int(rng.integers(2, 10))
   length = s * gaps
   question = (f"A straight fence is {length} meters long, with a post every {s} meters, "
               f"including both ends. How many posts are there?")
