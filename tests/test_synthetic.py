@@ -44,3 +44,50 @@ def test_answers_are_right_by_the_grader_and_by_the_reference_code(problems):
     assert r.status == "ok" and r.output.strip() == p.answer, (p.id, r)
     # The output block of each code solution is what its code really prints.
     assert s.status == "ok" and f"```output\n{s.output.strip()}\n```" in p.code
+
+
+def test_tokenizer_is_built_locally_and_round_trips(problems, tmp_path):
+  from autocode_jax.models import load_tokenizer
+  from autocode_jax.synthetic.corpus import tokenizer_texts
+  from autocode_jax.synthetic.tokenizer import build_tokenizer
+  texts = tokenizer_texts(problems)
+  a = build_tokenizer(texts, str(tmp_path / "a"), vocab_size=400)
+  b = build_tokenizer(texts, str(tmp_path / "b"), vocab_size=400)
+  assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" /
+                                                               "tokenizer.json").read_bytes()
+  tok = load_tokenizer(a)
+  assert tok.vocab_size == 400 and tok.decode([tok.eos_token_id]) == "<|endoftext|>"
+  for t in texts[:200] + ["unseen text: 12345 * 67890 = ?"]:
+    assert tok.decode(tok.encode(t)) == t
+  assert len(tok.encode(problems[0].plain)) < 0.7 * len(problems[0].plain)  # merges were learnt
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left
+
+
+def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
+  from autocode_jax.data.prompts import CODE_PREFIX, MODE_INSTRUCTIONS
+  from autocode_jax.em import explore
+  from autocode_jax.em.config import RunConfig
+  from autocode_jax.models import load_tokenizer
+  from autocode_jax.synthetic.corpus import warm_start_examples
+  from autocode_jax.training.step import LossConfig
+  ex = warm_start_examples(problems, seed=1)
+  assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1)
+  auto = [e for e in ex if e.mode == "auto"]
+  coded = [e for e in auto if "```python" in e.response]
+  assert 0.35 < len(coded) / len(auto) < 0.65  # undecided: code about half the time
+  assert all(e.prefix in ("", CODE_PREFIX + "\n") for e in auto)
+  assert any(e.prefix for e in coded) and not any(e.prefix for e in auto if e not in coded)
+  others = [e for e in ex if e.mode != "auto"]
+  assert {e.mode for e in others} == {"cot", "code"}
+  assert all(("```python" in e.response) == (e.mode == "code") for e in others)
+  # As SFT records: the prefix is trained on, output blocks are tool tokens.
+  tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+  cfg = RunConfig(run_dir="x", model_preset="tiny-qwen2", tokenizer_dir="x", algorithm="sft",
+                  template="plain", loss=LossConfig(kind="sft"))
+  with_prefix = next(e for e in coded if e.prefix)
+  (r,) = explore.sft_records(tok, cfg, [with_prefix], 0, 151643)
+  n = len(tok.encode(with_prefix.prefix))
+  assert r["roles"][:n] == "m" * n and "t" in r["roles"] and r["text"].startswith(CODE_PREFIX)
+  code_prompt = explore.sft_records(tok, cfg, [next(e for e in others if e.mode == "code")], 0,
+                                    151643)[0]
+  assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt["prompt_ids"])
