@@ -33,6 +33,7 @@ HELP = {
     "vllm_tensor_parallel": "vLLM tensor_parallel_size",
     "vllm_gpu_memory_utilization": "vLLM gpu_memory_utilization",
     "vllm_max_model_len": "vLLM max_model_len", "vllm_enforce_eager": "vLLM enforce_eager",
+    "vllm_kv_cache_mb": "vLLM KV-cache MiB (0: from the memory share)",
     "sandbox_workers": "sandbox server processes", "sandbox_timeout_s": "seconds per execution",
     "sandbox_memory_mb": "address-space limit per execution",
     "max_output_chars": "interpreter output shown at most",

@@ -16,8 +16,11 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autocode_jax.em import flags as em_flags  # noqa: E402
+from autocode_jax.em.config import ConfigError  # noqa: E402
+from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
 em_flags.define_flags()
+demo_lib.define_flags(flags.FLAGS)
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
 flags.DEFINE_integer("num_processes", None, "processes in the job (with --distributed)")
@@ -31,7 +34,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   try:
-    cfg = em_flags.run_config(FLAGS)  # every flag and path checked before any work
+    # Every flag and path checked before any work (the demo builds its tokenizer and data).
+    cfg = em_flags.run_config(FLAGS, check_paths=not FLAGS.demo)
+    demo = None
+    if FLAGS.demo:
+      demo = demo_lib.demo_config(FLAGS)
+      demo_lib.check(cfg)
+  except ConfigError as e:
+    print(f"train.py: bad flag: --{e}", file=sys.stderr)
+    sys.exit(2)
   except flags.ValidationError as e:
     print(f"train.py: bad flag: {e}", file=sys.stderr)
     sys.exit(2)
@@ -41,10 +52,12 @@ def main(argv):
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
   elif any(FLAGS[f].present for f in ("coordinator_address", "num_processes", "process_id")):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
-  from autocode_jax.em.config import ConfigError
   from autocode_jax.em.loop import run
   try:
-    summary = run(cfg, digest=FLAGS.params_digest)
+    if demo is not None:
+      summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
+    else:
+      summary = run(cfg, digest=FLAGS.params_digest)
   except ConfigError as e:  # found once the run directory and data are read
     print(f"train.py: bad flag: --{e}", file=sys.stderr)
     sys.exit(2)

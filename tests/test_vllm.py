@@ -22,9 +22,10 @@ def setup(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("export") / "policy")
   model = init_model(preset("tiny-qwen2"), seed=0)  # head_dim 32: vLLM needs >= 32
   save_pretrained(model, d)
-  # On the CPU backend gpu_memory_utilization is the share of host memory vLLM reserves.
+  # An explicit KV cache: vLLM's CPU build otherwise sizes it as a share of host memory minus
+  # what this (long-lived pytest) process already holds, which can come out negative.
   engine = VllmEngine(d, dtype="float32", max_model_len=256, enforce_eager=True,
-                      gpu_memory_utilization=0.1)
+                      kv_cache_memory_bytes=256 << 20)
   return d, model, engine
 
 

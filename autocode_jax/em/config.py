@@ -43,8 +43,9 @@ class RunConfig:
     (chat for instruct models, plain for base models); param_dtype, dtype, remat,
     logprob_chunk (see models.ModelConfig).
   Mesh: mesh_data x mesh_fsdp x mesh_tensor devices (one may be -1: the rest).
-  Data: data_dir (laid out like shared/data), train_set, num_queries (stratified by level; 0:
-    all), queries_per_iteration, epochs over the queries, eval_set ("" = no evaluation),
+  Data: data_dir (laid out like shared/data), train_set (a dataset, or "synthetic": the
+    generated task of autocode_jax.synthetic, whose problems task_seed fixes), num_queries
+    (stratified by level; 0: all), queries_per_iteration, epochs over the queries, eval_set ("" = no evaluation),
     eval_size (0: all), eval_every iterations, eval_modes, eval_max_tokens.
   E-step: k rollouts per probe, m trajectories per query into D_train (0: k), alpha of Eq. 5,
     temperature, top_p, max_tokens per response, max_tool_calls, rollout_chunk (queries rolled
@@ -55,7 +56,9 @@ class RunConfig:
     grade_timeout_s.
   Engine: engine (jax | vllm), vllm_tensor_parallel, vllm_gpu_memory_utilization,
     vllm_max_model_len, vllm_sleep (free vLLM's memory during the M-step), vllm_enforce_eager
-    (no CUDA graphs / compilation: faster start, slower decoding).
+    (no CUDA graphs / compilation: faster start, slower decoding), vllm_kv_cache_mb (an explicit
+    KV-cache size; 0: vLLM sizes it from vllm_gpu_memory_utilization, which on its CPU build is
+    a share of host memory minus what the process already holds).
   M-step: train_batch_size trajectories per update, micro_batch_size (gradient accumulation;
     0: none), m_step_epochs, length_multiple (padding bucket), logprob_batch_size (rows per
     behaviour log-prob pass), optimizer, loss.
@@ -78,6 +81,7 @@ class RunConfig:
   mesh_tensor: int = 1
   data_dir: str = "../shared/data"
   train_set: str = "math_train"
+  task_seed: int = 0
   num_queries: int = 0
   queries_per_iteration: int = 64
   epochs: int = 1
@@ -109,6 +113,7 @@ class RunConfig:
   vllm_max_model_len: int = 4096
   vllm_sleep: bool = False
   vllm_enforce_eager: bool = False
+  vllm_kv_cache_mb: int = 0
   train_batch_size: int = 64
   micro_batch_size: int = 0
   m_step_epochs: int = 1
@@ -137,10 +142,11 @@ class RunConfig:
     need(bool(self.init_from or self.tokenizer_dir), "tokenizer_dir",
          "a random-init model_preset needs a tokenizer_dir")
     need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")
-    need(self.train_set in DATASETS, "train_set", f"expected one of {tuple(DATASETS)}")
-    need(self.eval_set == "" or self.eval_set in DATASETS, "eval_set",
-         f"expected '' or one of {tuple(DATASETS)}")
-    for f in ("num_queries", "eval_size", "eval_max_tokens", "m", "micro_batch_size"):
+    sets = tuple(DATASETS) + ("synthetic",)
+    need(self.train_set in sets, "train_set", f"expected one of {sets}")
+    need(self.eval_set in sets + ("",), "eval_set", f"expected '' or one of {sets}")
+    for f in ("num_queries", "eval_size", "eval_max_tokens", "m", "micro_batch_size",
+              "vllm_kv_cache_mb"):
       need(getattr(self, f) >= 0, f, "must be >= 0")
     for f in ("queries_per_iteration", "epochs", "eval_every", "k", "max_tokens", "rollout_chunk",
               "k_branch", "branch_per_query", "sandbox_workers", "sandbox_memory_mb",
@@ -198,7 +204,7 @@ def validate_paths(cfg: RunConfig) -> None:
   except TokenizerError as e:
     raise ConfigError("tokenizer_dir" if cfg.tokenizer_dir else "init_from", str(e)) from None
   for field, name in (("train_set", cfg.train_set), ("eval_set", cfg.eval_set)):
-    if name:
+    if name and name != "synthetic":
       path = os.path.join(cfg.data_dir, DATASETS[name].path)
       if not os.path.isfile(path):
         raise ConfigError(field, f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")

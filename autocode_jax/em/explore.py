@@ -105,11 +105,12 @@ def make_tools(cfg):
 def make_vllm(cfg, model_dir: str):
   """A VllmEngine on a HF directory, from a config's dtype, seed and vllm_* fields."""
   from autocode_jax.rollout.vllm_engine import VllmEngine
+  extra = {"kv_cache_memory_bytes": cfg.vllm_kv_cache_mb << 20} if cfg.vllm_kv_cache_mb else {}
   return VllmEngine(model_dir, dtype=cfg.dtype, seed=cfg.seed,
                     tensor_parallel_size=cfg.vllm_tensor_parallel,
                     gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                     max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep,
-                    enforce_eager=cfg.vllm_enforce_eager)
+                    enforce_eager=cfg.vllm_enforce_eager, **extra)
 
 
 def grading_dataset(source: str) -> str:

@@ -25,6 +25,7 @@ HELP = {
     "mesh_data": "data-parallel mesh axis size", "mesh_fsdp": "FSDP mesh axis size (-1: rest)",
     "mesh_tensor": "tensor-parallel mesh axis size",
     "data_dir": "directory laid out like shared/data", "train_set": "training query set",
+    "task_seed": "seed of the synthetic task's problems (train_set=synthetic)",
     "num_queries": "queries sampled from train_set by difficulty (0: all)",
     "queries_per_iteration": "queries per EM iteration", "epochs": "passes over the queries",
     "eval_set": "dev set evaluated every eval_every iterations ('' = none)",
@@ -49,6 +50,7 @@ HELP = {
     "vllm_gpu_memory_utilization": "vLLM gpu_memory_utilization",
     "vllm_max_model_len": "vLLM max_model_len", "vllm_sleep": "put vLLM to sleep during M-steps",
     "vllm_enforce_eager": "vLLM enforce_eager (no graph capture or compilation)",
+    "vllm_kv_cache_mb": "vLLM KV-cache size in MiB (0: from vllm_gpu_memory_utilization)",
     "train_batch_size": "trajectories per update", "micro_batch_size": "rows per micro-batch "
     "(gradient accumulation; 0: none)", "m_step_epochs": "passes over D_train per M-step",
     "length_multiple": "sequence padding bucket", "logprob_batch_size": "rows per behaviour "

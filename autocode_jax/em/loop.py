@@ -28,6 +28,7 @@ import numpy as np
 from autocode_jax.data.datasets import load_dataset
 from autocode_jax.data.records import SftExample
 from autocode_jax.data.sampling import stratified_sample
+from autocode_jax import synthetic
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
 from autocode_jax.em.metrics import MetricsWriter
@@ -144,18 +145,9 @@ class Runner:
     self.shard = f".p{self.pid}"
     _prepare_run_dir(cfg)
     self.tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.init_from)
-    pool = load_dataset(cfg.train_set, cfg.data_dir)
-    n = cfg.num_queries or len(pool)
-    if n > len(pool):
-      raise ConfigError("num_queries", f"{n} > the {len(pool)} queries of {cfg.train_set}")
-    self.queries = stratified_sample(pool, n, seed=cfg.seed) if n < len(pool) else pool
-    self.eval_queries = []
-    if cfg.eval_set:
-      dev = load_dataset(cfg.eval_set, cfg.data_dir)
-      size = cfg.eval_size or len(dev)
-      if size > len(dev):
-        raise ConfigError("eval_size", f"{size} > the {len(dev)} queries of {cfg.eval_set}")
-      self.eval_queries = stratified_sample(dev, size, seed=cfg.seed) if size < len(dev) else dev
+    self.queries = _queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", 0)
+    self.eval_queries = (_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", 1)
+                         if cfg.eval_set else [])
     self.num_iterations = iteration_plan(len(self.queries), cfg.queries_per_iteration, cfg.epochs)
     self.policy = Policy.build(cfg, self.tokenizer)
     from autocode_jax.training.checkpoint import Checkpointer
@@ -231,7 +223,12 @@ class Runner:
     t0 = time.perf_counter()
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
-      examples = [SftExample(q, q.solution or "") for q in mine]
+      if cfg.train_set == synthetic.SOURCE:  # the warm-start corpus: plain or code at random
+        problems = synthetic.generate(cfg.num_queries, seed=2 * cfg.task_seed)
+        by_id = {p.id: p for p in problems}
+        examples = synthetic.warm_start_examples([by_id[q.id] for q in mine], seed=cfg.seed + it)
+      else:
+        examples = [SftExample(q, q.solution or "") for q in mine]
       recs = explore.sft_records(self.tokenizer, cfg, examples, it,
                                  explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
       tmp = path + ".tmp"
@@ -341,6 +338,20 @@ class Runner:
       self.log(summary_line(it, self.num_iterations, line))
       summary = line
     return summary
+
+
+def _queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
+  """n queries of a dataset (0: all; fewer: a seeded sample stratified by level), or of the
+  synthetic task (split 0 for training, 1 for evaluation: disjoint seeds)."""
+  if name == synthetic.SOURCE:
+    if not n:
+      raise ConfigError(field, "the synthetic task needs an explicit number of problems")
+    return [p.query() for p in synthetic.generate(n, seed=2 * cfg.task_seed + split)]
+  pool = load_dataset(name, cfg.data_dir)
+  n = n or len(pool)
+  if n > len(pool):
+    raise ConfigError(field, f"{n} > the {len(pool)} queries of {name}")
+  return stratified_sample(pool, n, seed=cfg.seed) if n < len(pool) else pool
 
 
 def _drop_uniform(records: list[dict]) -> list[dict]:

@@ -53,6 +53,7 @@ class EvalConfig:
   vllm_gpu_memory_utilization: float = 0.8
   vllm_max_model_len: int = 4096
   vllm_enforce_eager: bool = False
+  vllm_kv_cache_mb: int = 0
   sandbox_workers: int = 2
   sandbox_timeout_s: float = 5.0
   sandbox_memory_mb: int = 1024
