@@ -14,7 +14,7 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
   cmd = [sys.executable, "experiments/train.py", "--flagfile=experiments/configs/demo.flags",
          f"--run_dir={run_dir}", f"--tokenizer_dir={run_dir / 'tokenizer'}", "--num_queries=16",
          "--queries_per_iteration=8", "--eval_size=10", "--demo_warm_queries=100",
-         "--demo_warm_epochs=1", "--noprogress", "--mesh_fsdp=-1"]
+         "--demo_warm_epochs=1", "--noprogress"]
   p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
   assert "== warm: sft" in p.stdout and "== em: em" in p.stdout and "== rl: rl" in p.stdout

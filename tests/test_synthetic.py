@@ -60,6 +60,8 @@ def test_tokenizer_is_built_locally_and_round_trips(problems, tmp_path):
   for t in texts[:200] + ["unseen text: 12345 * 67890 = ?"]:
     assert tok.decode(tok.encode(t)) == t
   assert len(tok.encode(problems[0].plain)) < 0.7 * len(problems[0].plain)  # merges were learnt
+  ids = tok.encode("print(24658 * 14661)")
+  assert [tok.decode([i]) for i in ids if tok.decode([i]).isdigit()] == list("2465814661")
   assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left
 
 

@@ -20,7 +20,11 @@ def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 512) -
   import tokenizers
   from tokenizers import decoders, models, pre_tokenizers, trainers
   tok = tokenizers.Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+  # Digits one by one: copying a number into code, or an answer out of an output block, is
+  # then the same few moves for every number, which a tiny model learns quickly.
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Digits(individual_digits=True),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
   tok.decoder = decoders.ByteLevel()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL),
                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
