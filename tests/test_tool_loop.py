@@ -5,11 +5,11 @@ import pytest
 
 from autocode_jax.interpreter import Sandbox
 from autocode_jax.models import init_model, load_tokenizer, preset
-from autocode_jax.rollout import Completion, JaxSampler, SamplingParams
+from autocode_jax.rollout import JaxSampler, SamplingParams
 from autocode_jax.rollout.tool_loop import (Request, code_cells, fence_token_ids, output_block,
                                             run_tool_loop)
 
-EOS = 151643
+from scripted import EOS, ScriptedPolicy
 
 
 @pytest.fixture(scope="module")
@@ -28,34 +28,10 @@ def sandbox():
     yield sb
 
 
-class ScriptedEngine:
-  """Plays a fixed model text per prompt, stopping like a real engine at stop tokens."""
-
-  def __init__(self, tok, scripts: dict[str, str]):
-    self.tok = tok
-    self.rows = {tuple(tok.encode(p)): tok.encode(text) + [EOS] for p, text in scripts.items()}
-    self.cursor = {k: 0 for k in self.rows}
-    self.calls = 0
-
-  def generate(self, prompts, params, seeds=None):
-    self.calls += 1
-    out = []
-    for ctx in prompts:
-      key = next(k for k in self.rows if tuple(ctx[:len(k)]) == k)
-      ids, start = self.rows[key], self.cursor[key]
-      end, reason = start, "length"
-      while end < len(ids) and end - start < params.max_tokens:
-        end += 1
-        if ids[end - 1] in params.stop_token_ids:
-          reason = "eos"
-          break
-      self.cursor[key] = end
-      out.append([Completion(tuple(ids[start:end]), tuple([-0.5] * (end - start)), reason)])
-    return out
-
-
 def _run(tok, fences, sandbox, scripts, max_tool_calls=4, prefix=""):
-  engine = ScriptedEngine(tok, scripts)
+  # The prompt is the script's key; the code-probe prefix, if any, follows it.
+  engine = ScriptedPolicy(tok, lambda text, index, params: next(
+      v for k, v in scripts.items() if text.startswith(k)))
   reqs = [Request(p, tuple(tok.encode(p)), tuple(tok.encode(prefix)) if prefix else (),
                   "code_prefix" if prefix else "vanilla") for p in scripts]
   params = SamplingParams(temperature=0, max_tokens=400, stop_token_ids=(EOS,))
