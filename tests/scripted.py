@@ -1,7 +1,6 @@
 """A scripted stand-in for a rollout engine, used beside the real JaxSampler in the tool-loop and
-E-step tests:
-it plays chosen texts token by token, stopping at stop tokens like a real engine, so that labels,
-rewards and tool statuses are known in advance."""
+E-step tests: it plays chosen texts token by token, stopping at stop tokens like a real engine,
+so that labels, rewards and tool statuses are known in advance."""
 
 from autocode_jax.rollout import Completion
 
