@@ -71,3 +71,14 @@ class TrajectoryStore:
 
   def __len__(self) -> int:
     return len(self.read())
+
+
+def write_jsonl(path: str, records: list[dict]) -> None:
+  """Writes a whole JSONL file under a temporary name, fsyncs, and renames it into place, so a
+  reader sees the old file or the complete new one, never a part."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in records)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

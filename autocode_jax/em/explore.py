@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import re
 import time
@@ -24,7 +23,7 @@ import numpy as np
 from autocode_jax.data.datasets import DATASETS
 from autocode_jax.data.prompts import build_prompt
 from autocode_jax.data.records import Query, SftExample
-from autocode_jax.data.store import TrajectoryStore
+from autocode_jax.data.store import TrajectoryStore, write_jsonl
 from autocode_jax.em import estep
 from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, run_tool_loop
@@ -287,13 +286,7 @@ def _drop_unfinished(out_dir: str, shard: str, finished: set[str]) -> None:
       f.seek(-1, os.SEEK_END)
       if f.read(1) == b"\n":
         return
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    for r in keep:
-      f.write(json.dumps(r, separators=(",", ":")) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_jsonl(path, keep)
 
 
 def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: str,

@@ -28,6 +28,7 @@ import numpy as np
 from autocode_jax.data.datasets import load_dataset
 from autocode_jax.data.records import SftExample
 from autocode_jax.data.sampling import stratified_sample
+from autocode_jax.data.store import write_jsonl
 from autocode_jax import synthetic
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
@@ -231,10 +232,7 @@ class Runner:
         examples = [SftExample(q, q.solution or "") for q in mine]
       recs = explore.sft_records(self.tokenizer, cfg, examples, it,
                                  explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
-      tmp = path + ".tmp"
-      with open(tmp, "w") as f:
-        f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in recs)
-      os.replace(tmp, path)
+      write_jsonl(path, recs)
     else:
       ex = self.explorer()
       total = len(mine) * cfg.k * len(cfg.probes)
@@ -258,9 +256,7 @@ class Runner:
     mine = self.eval_queries[self.pid::self.nproc]
     rows = run_modes(ex, mine, cfg.eval_modes, cfg.eval_max_tokens, tag=f"iter{it}") if mine else []
     path = os.path.join(it_dir, f"eval{self.shard}.jsonl")
-    with open(path + ".tmp", "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    os.replace(path + ".tmp", path)
+    write_jsonl(path, rows)
     _barrier(f"eval-{it}")
     return autocode_analysis(explore.read_shards(it_dir, "eval"))
 

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autocode_jax.em.policy import local_value
 from autocode_jax.training.collate import collate
 
 
@@ -79,7 +80,7 @@ def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], 
     batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple)
     policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
     if on_step is not None:
-      on_step(s + 1, {k: float(np.asarray(v.addressable_data(0))) for k, v in metrics.items()})
+      on_step(s + 1, {k: float(local_value(v)) for k, v in metrics.items()})
     checkpointer.save(s + 1, policy.state, force=s + 1 == start_step + total)
   checkpointer.wait()
   return total

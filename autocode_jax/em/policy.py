@@ -22,7 +22,7 @@ from autocode_jax.training.optimizers import build_optimizer
 from autocode_jax.training.step import batch_sharding, init_train_state, make_train_step
 
 
-def _local(x: jax.Array) -> np.ndarray:
+def local_value(x: jax.Array) -> np.ndarray:
   """The value of a replicated array, read from this host's copy (works across hosts)."""
   return np.asarray(x.addressable_data(0))
 
@@ -71,7 +71,7 @@ class Policy:
 
   @property
   def step(self) -> int:
-    return int(_local(self.state.step))
+    return int(local_value(self.state.step))
 
   def model(self):
     return nnx.merge(self.graphdef, self.state.params)
@@ -144,7 +144,7 @@ class Policy:
       padded = chunk + [chunk[-1]] * (n - len(chunk))
       batch = collate(padded, [0.0] * n, self.pad_id, self.cfg.length_multiple)
       g = self.to_global({"tokens": batch["tokens"], "mask": batch["attention_mask"]})
-      lp = _local(self._logprob_fn(self.state.params, g["tokens"], g["mask"]))
+      lp = local_value(self._logprob_fn(self.state.params, g["tokens"], g["mask"]))
       for i, r in enumerate(chunk):
         p, m = len(r["prompt_ids"]), len(r["token_ids"])
         out.append(lp[i, p:p + m].astype(np.float32))

@@ -14,6 +14,7 @@ import os
 
 from autocode_jax.data.datasets import DATASETS, load_dataset
 from autocode_jax.data.sampling import stratified_sample
+from autocode_jax.data.store import write_jsonl
 from autocode_jax.em import explore
 from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES, ConfigError
 from autocode_jax.eval import report
@@ -144,9 +145,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                          n=cfg.samples if sampled else 1,
                          temperature=cfg.sample_temperature if sampled else 0.0)
         path = os.path.join(rows_dir, f"{name}.jsonl")
-        with open(path + ".tmp", "w") as f:
-          f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(path + ".tmp", path)
+        write_jsonl(path, rows)
         log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in
                                    autocode_analysis(rows)["accuracy"].items()))
     finally:
