@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+from autocode_jax.synthetic import FAMILIES
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -27,7 +29,18 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
   table = (run_dir / "summary.md").read_text()
   assert table.startswith("| method | iteration | cot_acc | code_acc | auto_acc |")
   assert table in p.stdout
-  for png in ("curves_em.png", "curves_rl.png", "invocation_hist.png"):
+  # The same evaluations by task family (2 problems of each of the 5 families).
+  fams = json.loads((run_dir / "families.json").read_text())
+  assert [r["stage"] for r in fams] == [s for s in ("warm start", "em iter 2", "rl iter 2")
+                                        for _ in FAMILIES]
+  for stage, last in (("em iter 2", rows[2]), ("rl iter 2", rows[5])):
+    mine = [r for r in fams if r["stage"] == stage]
+    assert [r["family"] for r in mine] == list(FAMILIES)
+    for key in ("cot_acc", "code_acc", "auto_acc", "invocation_rate"):
+      assert abs(sum(r[key] for r in mine) / len(mine) - last[key]) < 1e-9, (stage, key)
+  assert "By family" in table
+  for png in ("curves_em.png", "curves_rl.png", "invocation_hist.png",
+              "invocation_hist_sampled.png"):
     assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
   # The same rollout budget per query: EM 2 probes x K=4, RL 8 vanilla rollouts.
   em = [json.loads(x) for x in (run_dir / "em" / "metrics.jsonl").read_text().splitlines()]

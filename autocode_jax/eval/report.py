@@ -84,19 +84,25 @@ def write_report(results: dict[str, dict], out_dir: str) -> None:
     plot_invocation_hist(hists, os.path.join(out_dir, "invocation_hist.png"))
 
 
+def eval_rows(run_dir: str) -> dict[int, list[dict]]:
+  """The evaluation rows of a training run by iteration, from iterations/<i>/eval.p*.jsonl."""
+  out = {}
+  root = os.path.join(run_dir, "iterations")
+  for name in sorted(os.listdir(root)):
+    rows = []
+    for fname in sorted(os.listdir(os.path.join(root, name))):
+      if fname.startswith("eval"):
+        with open(os.path.join(root, name, fname)) as f:
+          rows += [json.loads(line) for line in f]
+    if rows:
+      out[int(name)] = rows
+  return out
+
+
 def training_curves(run_dir: str, path: str) -> dict[int, dict]:
   """Fig. 4 for a training run: each evaluated iteration's accuracy per mode (and auto's code
   rate), from its iterations/<i>/eval.p*.jsonl; also returns the analyses by iteration."""
-  by_it = {}
-  root = os.path.join(run_dir, "iterations")
-  for name in sorted(os.listdir(root)):
-    files = [f for f in os.listdir(os.path.join(root, name)) if f.startswith("eval")]
-    rows = []
-    for fname in files:
-      with open(os.path.join(root, name, fname)) as f:
-        rows += [json.loads(line) for line in f]
-    if rows:
-      by_it[int(name)] = autocode_analysis(rows)
+  by_it = {i: autocode_analysis(rows) for i, rows in eval_rows(run_dir).items()}
   plt = _plt()
   fig, ax = plt.subplots(figsize=(5, 3.5))
   its = sorted(by_it)

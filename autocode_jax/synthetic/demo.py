@@ -7,7 +7,9 @@
    budget per query: EM's K per probe x 2 probes = RL's 2K (run_dir/<method>), evaluating every
    iteration in the three prompt modes.
 4. Summarise per method and iteration: accuracy per mode, selection accuracy, code-invocation
-   rate (summary.md, summary.json, curves_<method>.png, invocation_hist.png).
+   rate (summary.md, summary.json), and the same by task family (families.json); plots
+   curves_<method>.png, invocation_hist.png (greedy eval) and invocation_hist_sampled.png (the
+   E-step's sampled rollouts, first and last iteration).
 Every phase is an ordinary run of em.loop, so the whole demo resumes like one.
 """
 
@@ -95,7 +97,8 @@ def phase_configs(cfg: RunConfig, demo: DemoConfig) -> dict[str, RunConfig]:
       cfg, run_dir=os.path.join(root, "warm"), algorithm="sft", tokenizer_dir=tok,
       num_queries=demo.demo_warm_queries, queries_per_iteration=demo.demo_warm_queries,
       epochs=demo.demo_warm_epochs, eval_every=demo.demo_warm_epochs,
-      train_batch_size=demo.demo_warm_batch_size, micro_batch_size=0, branching=False,
+      train_batch_size=demo.demo_warm_batch_size, micro_batch_size=0, m_step_epochs=1,
+      branching=False,
       loss=LossConfig(kind="sft"),
       optimizer=dataclasses.replace(cfg.optimizer, learning_rate=demo.demo_warm_learning_rate,
                                     schedule="cosine", warmup_steps=min(20, steps - 1),
@@ -105,7 +108,8 @@ def phase_configs(cfg: RunConfig, demo: DemoConfig) -> dict[str, RunConfig]:
   for m in demo.demo_methods:
     out[m] = dataclasses.replace(
         cfg, run_dir=os.path.join(root, m), algorithm=m, init_from=hf, model_preset="",
-        tokenizer_dir=tok, k=cfg.k if m == "em" else 2 * cfg.k, branching=cfg.branching and m == "em",
+        tokenizer_dir=tok, k=cfg.k if m == "em" else 2 * cfg.k,
+        branching=cfg.branching and m == "em",
         loss=cfg.loss if m == "em" else dataclasses.replace(cfg.loss, ce_coef=0.0))
   return out
 
@@ -133,9 +137,56 @@ def summary_rows(phases: dict[str, RunConfig]) -> list[dict]:
   return rows
 
 
-def markdown(rows: list[dict]) -> str:
-  cols = ["method", "iteration", "cot_acc", "code_acc", "auto_acc", "union_bound",
-          "selection_acc", "invocation_rate"]
+def family_rows(phases: dict[str, RunConfig]) -> list[dict]:
+  """Per task family, at the warm start and after each method's last evaluated iteration: the
+  accuracy in each mode and how often `auto` used code (which way the family is solved)."""
+  warm = phases["warm"]
+  family = {p.id: p.family for p in synthetic.generate(warm.eval_size, seed=2 * warm.task_seed + 1)}
+  stages = []
+  for name, cfg in phases.items():
+    by_it = report.eval_rows(cfg.run_dir)
+    if by_it:
+      last = max(by_it)
+      stages.append(("warm start" if name == "warm" else f"{name} iter {last + 1}", by_it[last]))
+  out = []
+  for stage, rows in stages:
+    for fam in synthetic.FAMILIES:
+      mine = [r for r in rows if family.get(r["query_id"]) == fam]
+      if not mine:
+        continue
+      row = {"stage": stage, "family": fam, "winner": synthetic.WINNER[fam]}
+      for mode in sorted({r["mode"] for r in mine}):
+        rs = [r for r in mine if r["mode"] == mode]
+        row[f"{mode}_acc"] = sum(r["correct"] for r in rs) / len(rs)
+        if mode == "auto":
+          row["invocation_rate"] = sum(r["label"] for r in rs) / len(rs)
+      out.append(row)
+  return out
+
+
+def sampled_hists(phases: dict[str, RunConfig]) -> dict[str, list[int]]:
+  """Fig. 5 with sampled decisions: the histogram of the training queries' code-invocation rate
+  over their K vanilla rollouts (T=1; counts of 0..K code rollouts), at each method's first
+  E-step (the warm start) and its last."""
+  out = {}
+  for name, cfg in phases.items():
+    path = os.path.join(cfg.run_dir, "metrics.jsonl")
+    if name == "warm" or not os.path.isfile(path):
+      continue
+    by_it = {}
+    with open(path) as f:
+      for line in f:
+        m = json.loads(line)
+        if m.get("kind") == "estep" and "code_rate_hist" in m:
+          by_it[m["iteration"]] = m["code_rate_hist"]  # a resumed E-step: its last record
+    its = sorted(by_it)
+    for i in its[:1] + its[1:][-1:]:
+      out[f"{name} E-step {i + 1}" + (" (warm start)" if i == its[0] else "")] = by_it[i]
+  return out
+
+
+def markdown(rows: list[dict], cols=("method", "iteration", "cot_acc", "code_acc", "auto_acc",
+                                     "union_bound", "selection_acc", "invocation_rate")) -> str:
   fmt = lambda v: "-" if v is None else (f"{100 * v:.1f}" if isinstance(v, float) else str(v))
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -156,11 +207,16 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
     log(f"== {name}: {pcfg.algorithm} in {pcfg.run_dir}")
     finals[name] = run(pcfg, log=log, digest=digest)
   rows = summary_rows(phases)
-  table = markdown(rows)
+  families = family_rows(phases)
+  table = markdown(rows) + "\nBy family (warm start, and each method's last iteration):\n\n" + (
+      markdown(families, ("stage", "family", "winner", "cot_acc", "code_acc", "auto_acc",
+                          "invocation_rate")))
   with open(os.path.join(cfg.run_dir, "summary.md"), "w") as f:
     f.write(table)
   with open(os.path.join(cfg.run_dir, "summary.json"), "w") as f:
     json.dump(rows, f, indent=1)
+  with open(os.path.join(cfg.run_dir, "families.json"), "w") as f:
+    json.dump(families, f, indent=1)
   hists = {}
   for r in rows:
     if r["invocation_hist"] and (r["iteration"] == 0 or r is _last(rows, r["method"])):
@@ -168,7 +224,11 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
           r["invocation_hist"])
   if hists:
     report.plot_invocation_hist(hists, os.path.join(cfg.run_dir, "invocation_hist.png"),
-                                "code-invocation rate per query (auto)")
+                                "code-invocation rate per query (auto, greedy)")
+  sampled = sampled_hists(phases)
+  if sampled:
+    report.plot_invocation_hist(sampled, os.path.join(cfg.run_dir, "invocation_hist_sampled.png"),
+                                "code-invocation rate per training query (T=1)")
   log(table)
   return {"rows": rows, "finals": finals}
 

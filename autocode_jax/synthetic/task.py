@@ -5,13 +5,15 @@ Families, each with a plain solution and a code solution in the format of METHOD
 - plain wins
   - `ceil_div`: "boxes needed" word problems; the natural code (`a // b`) is easy to get wrong:
     it rounds down, and the code solutions of the warm-start corpus make exactly that mistake;
-  - `fence_posts`: posts along a fence, both ends included; the natural code (`length // s`)
-    counts the gaps, one short.
+  - `fence_posts`: posts of a fence of n sections; the natural code (`n * 2`, two posts per
+    section) counts every shared post twice.
+  The numbers are small (30 and 28 distinct problems), so a tiny model learns the plain
+  solutions by heart, as a larger one knows such facts.
 - code wins
   - `mul5`: the product of two 5-digit numbers (beyond a small model's mental arithmetic);
   - `modpow`: a^e mod m with 2-3 digit numbers.
 - both work
-  - `add_small`: the sum of two one-digit numbers.
+  - `add_small`: the sum of two numbers from 1 to 6.
 
 Every problem keeps the correct reference code apart from the solution's code; `generate` is a
 deterministic function of (n, seed, families).
@@ -56,9 +58,9 @@ def _code_solution(code: str, output: str) -> str:
 
 
 def _ceil_div(rng):
-  b = int(rng.integers(3, 10))
-  a = int(rng.integers(1, 6)) * b + int(rng.integers(1, b))  # few enough facts to learn
-  q, r = divmod(a, b)
+  b = int(rng.integers(2, 6))
+  q, r = int(rng.integers(1, 4)), int(rng.integers(1, b))  # 30 (a, b) pairs: learnable facts
+  a = q * b + r
   question = f"Each box holds {b} eggs. How many boxes are needed to pack {a} eggs?"
   plain = (f"{a} = {q} * {b} + {r}, so {q} boxes are full and {r} eggs need one more box. "
            f"The answer is \\boxed{{{q + 1}}}.")
@@ -67,16 +69,13 @@ def _ceil_div(rng):
 
 
 def _fence_posts(rng):
-  s = int(rng.integers(2, 10))
-  gaps = int(rng.integers(2, 10))
-  length = s * gaps
-  question = (f"A straight fence is {length} meters long, with a post every {s} meters, "
-              f"including both ends. How many posts are there?")
-  plain = (f"{length} / {s} = {gaps} gaps, and one more post than gaps. "
-           f"The answer is \\boxed{{{gaps + 1}}}.")
-  trap = f"print({length} // {s})"
-  return question, str(gaps + 1), plain, _code_solution(trap, str(gaps)), (
-      f"print({length} // {s} + 1)")
+  n = int(rng.integers(2, 30))
+  question = (f"A straight fence has {n} sections, with a post at each end of every section. "
+              f"How many posts are there?")
+  plain = (f"Neighbouring sections share a post, so {n} sections need {n} + 1 posts. "
+           f"The answer is \\boxed{{{n + 1}}}.")
+  trap = f"print({n} * 2)"  # two posts per section, counting the shared ones twice
+  return question, str(n + 1), plain, _code_solution(trap, str(2 * n)), f"print({n} + 1)"
 
 
 def _mul5(rng):
@@ -97,7 +96,7 @@ def _modpow(rng):
 
 
 def _add_small(rng):
-  a, b = int(rng.integers(1, 10)), int(rng.integers(1, 10))
+  a, b = int(rng.integers(1, 7)), int(rng.integers(1, 7))
   question = f"What is {a} + {b}?"
   plain = f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
   code = f"print({a} + {b})"
