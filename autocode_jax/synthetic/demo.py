@@ -22,6 +22,7 @@ import os
 from autocode_jax import synthetic
 from autocode_jax.em.config import ConfigError, RunConfig
 from autocode_jax.eval import report
+from autocode_jax.eval.metrics import autocode_analysis
 from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
 
@@ -154,13 +155,10 @@ def family_rows(phases: dict[str, RunConfig]) -> list[dict]:
       mine = [r for r in rows if family.get(r["query_id"]) == fam]
       if not mine:
         continue
-      row = {"stage": stage, "family": fam, "winner": synthetic.WINNER[fam]}
-      for mode in sorted({r["mode"] for r in mine}):
-        rs = [r for r in mine if r["mode"] == mode]
-        row[f"{mode}_acc"] = sum(r["correct"] for r in rs) / len(rs)
-        if mode == "auto":
-          row["invocation_rate"] = sum(r["label"] for r in rs) / len(rs)
-      out.append(row)
+      a = autocode_analysis(mine)
+      out.append({"stage": stage, "family": fam, "winner": synthetic.WINNER[fam],
+                  **{f"{m}_acc": v for m, v in a["accuracy"].items()},
+                  "invocation_rate": a["code_rate"].get("auto")})
   return out
 
 
