@@ -9,7 +9,7 @@ import pytest
 from autocode_jax.grading.grader import grade_batch
 from autocode_jax.grading.pool import GraderPool
 from autocode_jax.interpreter import Sandbox
-from autocode_jax.synthetic import FAMILIES, WINNER, generate
+from autocode_jax.synthetic import EVAL, FAMILIES, TRAIN, WINNER, generate, split_problems
 from autocode_jax.rollout.tool_loop import code_cells
 
 
@@ -25,6 +25,11 @@ def test_deterministic_under_a_seed(problems):
   assert [p.question for p in other] != [p.question for p in problems]
   assert collections.Counter(p.family for p in problems) == {f: 20 for f in FAMILIES}
   assert len({p.id for p in problems}) == 100
+  # A run's training and evaluation splits: one seed rule, disjoint problems.
+  train, held = split_problems(50, 1, TRAIN), split_problems(50, 1, EVAL)
+  assert train == generate(50, seed=2) and held == generate(50, seed=3)
+  assert not {p.question for p in train if p.family == "mul5"} & {
+      p.question for p in held if p.family == "mul5"}
   with pytest.raises(ValueError, match="unknown families"):
     generate(3, families=("nope",))
 

@@ -146,8 +146,8 @@ class Runner:
     self.shard = f".p{self.pid}"
     _prepare_run_dir(cfg)
     self.tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.init_from)
-    self.queries = _queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", 0)
-    self.eval_queries = (_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", 1)
+    self.queries = _queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
+    self.eval_queries = (_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", synthetic.EVAL)
                          if cfg.eval_set else [])
     self.num_iterations = iteration_plan(len(self.queries), cfg.queries_per_iteration, cfg.epochs)
     self.policy = Policy.build(cfg, self.tokenizer)
@@ -199,7 +199,8 @@ class Runner:
 
   def _export(self) -> None:
     """The HuggingFace export of the current policy, unless it is already on disk."""
-    if self.progress.data.get("exported_step") == self.policy.step and os.path.isdir(self.export_dir):
+    exported = self.progress.data.get("exported_step")
+    if exported == self.policy.step and os.path.isdir(self.export_dir):
       return
     from autocode_jax.models.hf import save_pretrained
     tok_dir = self.cfg.tokenizer_dir or self.cfg.init_from
@@ -225,7 +226,7 @@ class Runner:
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
       if cfg.train_set == synthetic.SOURCE:  # the warm-start corpus: plain or code at random
-        problems = synthetic.generate(cfg.num_queries, seed=2 * cfg.task_seed)
+        problems = synthetic.split_problems(cfg.num_queries, cfg.task_seed, synthetic.TRAIN)
         by_id = {p.id: p for p in problems}
         examples = synthetic.warm_start_examples([by_id[q.id] for q in mine], seed=cfg.seed + it)
       else:
@@ -338,11 +339,11 @@ class Runner:
 
 def _queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
   """n queries of a dataset (0: all; fewer: a seeded sample stratified by level), or of the
-  synthetic task (split 0 for training, 1 for evaluation: disjoint seeds)."""
+  synthetic task (split synthetic.TRAIN or synthetic.EVAL: disjoint seeds)."""
   if name == synthetic.SOURCE:
     if not n:
       raise ConfigError(field, "the synthetic task needs an explicit number of problems")
-    return [p.query() for p in synthetic.generate(n, seed=2 * cfg.task_seed + split)]
+    return [p.query() for p in synthetic.split_problems(n, cfg.task_seed, split)]
   pool = load_dataset(name, cfg.data_dir)
   n = n or len(pool)
   if n > len(pool):

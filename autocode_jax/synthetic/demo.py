@@ -142,7 +142,8 @@ def family_rows(phases: dict[str, RunConfig]) -> list[dict]:
   """Per task family, at the warm start and after each method's last evaluated iteration: the
   accuracy in each mode and how often `auto` used code (which way the family is solved)."""
   warm = phases["warm"]
-  family = {p.id: p.family for p in synthetic.generate(warm.eval_size, seed=2 * warm.task_seed + 1)}
+  family = {p.id: p.family
+            for p in synthetic.split_problems(warm.eval_size, warm.task_seed, synthetic.EVAL)}
   stages = []
   for name, cfg in phases.items():
     by_it = report.eval_rows(cfg.run_dir)
@@ -197,8 +198,8 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
   phases = phase_configs(cfg, demo)
   tok_dir = cfg.tokenizer_dir
   if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-    problems = synthetic.generate(max(demo.demo_warm_queries, cfg.num_queries),
-                                  seed=2 * cfg.task_seed)
+    problems = synthetic.split_problems(max(demo.demo_warm_queries, cfg.num_queries),
+                                        cfg.task_seed, synthetic.TRAIN)
     build_tokenizer(synthetic.tokenizer_texts(problems), tok_dir, demo.demo_vocab_size)
   finals = {}
   for name, pcfg in phases.items():

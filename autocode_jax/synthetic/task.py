@@ -121,3 +121,12 @@ def generate(n: int, seed: int = 0, families: Sequence[str] = FAMILIES) -> list[
     out.append(Problem(f"{SOURCE}/{seed}/{i}", family, question, answer, plain, code, ref,
                        WINNER[family]))
   return out
+
+
+TRAIN, EVAL = 0, 1
+
+
+def split_problems(n: int, task_seed: int, split: int) -> list[Problem]:
+  """The first n problems of a run's training (split TRAIN) or evaluation (split EVAL) set under
+  its task_seed; the two splits use disjoint generator seeds."""
+  return generate(n, seed=2 * task_seed + split)
