@@ -98,6 +98,9 @@ def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path)
       assert r["roles"][:n] == "p" * n
     assert set(r["roles"]) <= {"p", "m", "t"} and ("t" in r["roles"]) == bool(r["label"])
     assert r["s_star"] == stats[r["query_id"]]["s_star"] and r["group"] == r["query_id"]
+    # The decision row's P: exactly the tokens the code_prefix probe starts its rollouts with.
+    assert r["decision_ids"] == tok.encode("Let's first analyze the problem, then consider if "
+                                           "python code could help.")
   for q in ("q1", "q2"):
     rs = [r for r in records if r["query_id"] == q]
     np.testing.assert_allclose([r["advantage"] for r in rs],
@@ -163,6 +166,8 @@ def test_branching_from_the_first_code_block(tok, parts, tmp_path):
   for r in branch:
     ctx = tok.decode(r["prompt_ids"])
     assert ctx.rstrip().endswith("Compute.") and "`" not in ctx  # y<t: up to the code block
+    # The branch's decision: the fence that opened the original block, after y<t.
+    assert tok.decode(r["decision_ids"]).strip() == "```python"
     assert r["advantage"] == 0.0  # equal rewards
   # The first iteration never branches.
   explore.run_estep(_explorer(tok, parts, branching=True, k_branch=2), [Q1], 0,
@@ -171,11 +176,12 @@ def test_branching_from_the_first_code_block(tok, parts, tmp_path):
                  for r in TrajectoryStore(str(tmp_path / "it0" / "dtrain.jsonl")).read())
 
 
-def test_first_code_token(tok):
+def test_first_code_fence(tok):
   ids = tok.encode("Compute.\n```python\nprint(1)\n```")
-  t = explore.first_code_token(tok, ids)
-  assert "```" not in tok.decode(ids[:t]) and tok.decode(ids[:t + 1]).find("`") >= 0
-  assert explore.first_code_token(tok, tok.encode("no code")) is None
+  start, end = explore.first_code_fence(tok, ids)
+  assert "`" not in tok.decode(ids[:start]) and "`" in tok.decode(ids[:start + 1])
+  assert "```python" in tok.decode(ids[:end]) and "```python" not in tok.decode(ids[:end - 1])
+  assert explore.first_code_fence(tok, tok.encode("no code")) is None
 
 
 def test_rl_keeps_every_vanilla_rollout(tok, parts, tmp_path):

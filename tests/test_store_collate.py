@@ -36,7 +36,7 @@ def test_collate_aligns_roles_and_logprobs():
   assert b["tokens"].tolist() == [[5, 6, 7, 8, 9, 10, 0, 0], [5, 11, 0, 0, 0, 0, 0, 0]]
   assert b["attention_mask"].tolist()[1] == [1, 1, 0, 0, 0, 0, 0, 0]
   assert b["policy_mask"].tolist() == [[0, 0, 0, 1, 0, 1, 0, 0], [0, 1, 0, 0, 0, 0, 0, 0]]
-  assert b["prefix_mask"].tolist()[0] == [0, 0, 1, 0, 0, 0, 0, 0]
+  assert set(b) == {"tokens", "attention_mask", "policy_mask", "old_logprobs", "advantages"}
   np.testing.assert_array_equal(b["old_logprobs"][0], [0, 0, 0, -1, 0, -2, 0, 0])
   assert b["advantages"].tolist() == [1.0, -1.0]
   with pytest.raises(ValueError, match="record 0"):

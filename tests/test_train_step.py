@@ -35,7 +35,8 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize("cfg", [LossConfig(), LossConfig(aggregation="seq_mean", kl_coef=0.1),
                                  LossConfig(ratio_level="sequence", entropy_coef=0.01),
-                                 LossConfig(kind="sft")], ids=["token", "seq_kl", "sequence_ent", "sft"])
+                                 LossConfig(kind="sft")],
+                         ids=["token_decision", "seq_kl_decision", "sequence_ent_decision", "sft"])
 def test_accumulated_gradients_equal_full_batch(model_parts, cfg):
   graphdef, params = model_parts
   batch = make_batch()
@@ -57,7 +58,8 @@ def test_gradient_at_tool_tokens_is_exactly_zero():
   denoms = denominators(batch, cfg)
   lp = batch["old_logprobs"] + 0.05
   ent = jnp.ones_like(lp)
-  g_lp, g_ent = jax.grad(lambda a, e: loss_from_logprobs(a, e, batch, cfg, denoms)[0],
+  dec = jnp.full(batch["decision_tokens"].shape, -0.5)  # the decision rows' own log-probs
+  g_lp, g_ent = jax.grad(lambda a, e: loss_from_logprobs(a, e, batch, cfg, denoms, dec)[0],
                          argnums=(0, 1))(lp, ent)
   for pos in TOOL_POSITIONS:
     assert np.all(np.asarray(g_lp)[:, pos] == 0.0) and np.all(np.asarray(g_ent)[:, pos] == 0.0)
@@ -198,8 +200,13 @@ def test_resume_after_sigkill_gives_equal_parameters(tmp_path):
 def test_missing_batch_field_is_named(model_parts):
   graphdef, params = model_parts
   batch = make_batch()
-  del batch["prefix_mask"]
-  with pytest.raises(ValueError, match=r"lacks field\(s\) \['prefix_mask'\]"):
+  del batch["policy_mask"]
+  with pytest.raises(ValueError, match=r"lacks field\(s\) \['policy_mask'\]"):
     loss_and_grads(params, graphdef, batch, LossConfig())
+  batch = make_batch()
+  del batch["decision_s1"]
+  with pytest.raises(ValueError, match=r"lacks field\(s\) \['decision_s1'\]"):
+    loss_and_grads(params, graphdef, batch, LossConfig(ce_coef=1.0))
+  loss_and_grads(params, graphdef, batch, LossConfig(ce_coef=0.0))  # not needed without it
   with pytest.raises(ValueError, match="ref_logprobs"):
     loss_and_grads(params, graphdef, make_batch(), LossConfig(kl_coef=0.1))

@@ -7,7 +7,7 @@ import numpy as np
 
 def make_batch(b=8, t=12, seed=0, vocab=512):
   """Rows right-padded; `model` tokens from position 4 on, with two `tool` tokens (6, 7) that are
-  in no mask; a code-probe prefix (positions 2-3) on even rows."""
+  in no mask; and decision rows for three queries."""
   r = np.random.RandomState(seed)
   tokens = r.randint(0, vocab, (b, t)).astype(np.int32)
   attention = np.ones((b, t), np.float32)
@@ -16,12 +16,23 @@ def make_batch(b=8, t=12, seed=0, vocab=512):
   policy[:, 4:] = 1
   policy *= attention
   policy[:, 6:8] = 0
-  prefix = np.zeros((b, t), np.float32)
-  prefix[::2, 2:4] = 1
+  # Decision rows: three queries (rows 0-2, contexts of 3-5 tokens + a 2-token prefix), the
+  # other rows empty, so that some micro-batches hold no decision.
+  td = 8
+  dec_tokens = np.zeros((b, td), np.int32)
+  dec_attention = np.zeros((b, td), np.float32)
+  dec_mask = np.zeros((b, td), np.float32)
+  for j, ctx in enumerate((3, 4, 5)):
+    dec_tokens[j, :ctx + 2] = r.randint(0, vocab, ctx + 2)
+    dec_attention[j, :ctx + 2] = 1
+    dec_mask[j, ctx:ctx + 2] = 1
+  s1 = np.zeros(b, np.float32)
+  s1[:3] = (0.9, 0.2, 0.5)
   return {"tokens": tokens, "attention_mask": attention, "policy_mask": policy,
-          "prefix_mask": prefix,
           "old_logprobs": (-np.abs(r.randn(b, t)) - 5.5).astype(np.float32),
-          "advantages": r.randn(b).astype(np.float32)}
+          "advantages": r.randn(b).astype(np.float32),
+          "decision_tokens": dec_tokens, "decision_attention": dec_attention,
+          "decision_mask": dec_mask, "decision_s1": s1}
 
 
 TOOL_POSITIONS = (6, 7)

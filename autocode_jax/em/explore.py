@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autocode_jax.data.datasets import DATASETS
-from autocode_jax.data.prompts import build_prompt
+from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
 from autocode_jax.data.records import Query, SftExample
 from autocode_jax.data.store import TrajectoryStore, write_jsonl
 from autocode_jax.em import estep
@@ -52,9 +52,14 @@ class Explorer:
 
   def request(self, q: Query, probe: str, iteration: int, mode: str = "auto") -> Request:
     prompt = build_prompt(q.problem, mode, probe, self.cfg.template, self.tokenizer)
-    prefix = tuple(self.tokenizer.encode(prompt.prefix)) if prompt.prefix else ()
+    prefix = self.probe_prefix_ids() if prompt.prefix else ()
     return Request(q.id, tuple(self.tokenizer.encode(prompt.text)), prefix, probe,
                    seed=derive_seed(self.cfg.seed, iteration, q.id, probe, mode))
+
+  def probe_prefix_ids(self) -> tuple[int, ...]:
+    """The code_prefix probe's token ids: what its rollouts start with, and the decision P of
+    the decision term (tokenised on its own, after the prompt)."""
+    return tuple(self.tokenizer.encode(CODE_PREFIX))
 
   def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
     """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules."""
@@ -133,20 +138,28 @@ def advantages(rewards: Sequence[float], eps: float = 1e-6) -> np.ndarray:
   return (r - r.mean()) / (r.std() + eps)
 
 
-def first_code_token(tokenizer, token_ids: Sequence[int]) -> int | None:
-  """Index of the token in which the first ```python fence starts, or None."""
+_FENCE = "```python"
+
+
+def first_code_fence(tokenizer, token_ids: Sequence[int]) -> tuple[int, int] | None:
+  """(start, end): token_ids[start:end] are the tokens of the first ```python fence (start: the
+  token in which it begins; end: one past the token that completes it), or None."""
   text = tokenizer.decode(token_ids)
-  at = text.find("```python")
+  at = text.find(_FENCE)
   if at < 0:
     return None
-  lo, hi = 1, len(token_ids)  # smallest n with len(decode(ids[:n])) > at
-  while lo < hi:
-    mid = (lo + hi) // 2
-    if len(tokenizer.decode(token_ids[:mid])) > at:
-      hi = mid
-    else:
-      lo = mid + 1
-  return lo - 1
+
+  def shortest(chars: int) -> int:  # smallest n with len(decode(ids[:n])) >= chars
+    lo, hi = 0, len(token_ids)
+    while lo < hi:
+      mid = (lo + hi) // 2
+      if len(tokenizer.decode(token_ids[:mid])) >= chars:
+        hi = mid
+      else:
+        lo = mid + 1
+    return lo
+
+  return shortest(at + 1) - 1, shortest(at + len(_FENCE))
 
 
 def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str]) -> dict:
@@ -168,7 +181,9 @@ def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
   chosen = [trajs[i] for i in picks]
   adv = advantages([t.reward for t in chosen])
   common = {"pi1": st.pi1, "q": list(st.q), "s_star": list(st.s_star), "group": q.id}
-  records = [to_record(t, iteration, advantage=float(a), **common) for t, a in zip(chosen, adv)]
+  prefix = list(ex.probe_prefix_ids())
+  records = [to_record(t, iteration, advantage=float(a), decision_ids=prefix, **common)
+             for t, a in zip(chosen, adv)]
   summary = dict(_query_summary(q, trajs, ("vanilla", "code_prefix")), **common,
                  n_code_vanilla=st.n_code_vanilla, k=st.k)
   return records, summary
@@ -192,7 +207,9 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
   k_branch continuations with code allowed and k_branch with code fences banned; the prior at
   the branch point is the smoothed code rate of the allowed ones, Q(x, y<t, c) the mean reward
   per label, and s*, the subsample and the advantages follow as for a query. The context y<t
-  becomes part of the branch records' prompt: only the continuations are trained on."""
+  becomes part of the branch records' prompt: only the continuations are trained on, and the
+  branch's decision row is that context followed by the fence tokens that opened the original
+  block (METHOD.md, Decision term)."""
   coded = [t for t in trajs if t.label == 1]
   if not coded:
     return [], []
@@ -200,9 +217,10 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
   records, summaries = [], []
   for j in sorted(int(i) for i in picks):
     t = coded[j]
-    at = first_code_token(ex.tokenizer, t.token_ids)
-    if at is None or at == 0:
+    fence = first_code_fence(ex.tokenizer, t.token_ids)
+    if fence is None or fence[0] == 0:
       continue
+    at = fence[0]
     group = f"{q.id}#branch{j}"
     ctx = tuple(t.prompt_ids) + tuple(t.token_ids[:at])
     seed = derive_seed(ex.cfg.seed, iteration, group)
@@ -229,7 +247,8 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
     adv = advantages([c.reward for c in chosen])
     common = {"pi1": pi1, "q": list(qv), "s_star": list(s_star), "group": group,
               "branch_at": at}
-    records += [to_record(c, iteration, advantage=float(a), **common)
+    fence_ids = list(t.token_ids[fence[0]:fence[1]])
+    records += [to_record(c, iteration, advantage=float(a), decision_ids=fence_ids, **common)
                 for c, a in zip(chosen, adv)]
     summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
                           labels=[c.label for c in conts]))
@@ -238,18 +257,19 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
 
 def sft_records(tokenizer, cfg, examples: Sequence[SftExample], iteration: int,
                 end_id: int) -> list[dict]:
-  """The `sft` baseline's D_train: each example's response (after its prefix) under its mode's
-  prompt, ended by `end_id`. ```output blocks in a response are tool tokens (tokenised on their
-  own, out of the loss), the rest is model text."""
+  """The `sft` baseline's D_train: each example's response under its mode's prompt, ended by
+  `end_id`; an opening prefix is tokenised on its own, as the code_prefix probe's is, and a
+  newline separates it from the response. ```output blocks in a response are tool tokens
+  (tokenised on their own, out of the loss), the rest is model text."""
   out = []
   for ex in examples:
     q = ex.query
     if not ex.response:
       raise ValueError(f"sft: query {q.id} of {q.source} has no solution to train on")
     prompt = build_prompt(q.problem, ex.mode, "vanilla", cfg.template, tokenizer)
-    ids = tokenizer.encode(ex.prefix) if ex.prefix else []
+    ids = tokenizer.encode(ex.prefix) if ex.prefix else []  # as the probe tokenises it
     roles, pos = ["m"] * len(ids), 0
-    text = ex.response.strip()
+    text = ("\n" if ex.prefix else "") + ex.response.strip()
     for m in _OUTPUT_BLOCK.finditer(text):
       for piece, role in ((text[pos:m.start()], "m"), (m.group(0), "t")):
         toks = tokenizer.encode(piece) if piece else []

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autocode_jax.em.policy import local_value
-from autocode_jax.training.collate import collate
+from autocode_jax.training.collate import collate, decision_rows
 
 
 def steps_per_epoch(num_records: int, batch_size: int) -> int:
@@ -60,10 +60,15 @@ def load_behaviour(path: str) -> list[np.ndarray]:
 
 
 def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pad_id: int,
-               length_multiple: int) -> dict[str, np.ndarray]:
+               length_multiple: int, decisions: bool = False) -> dict[str, np.ndarray]:
+  """The train batch of D_train rows `idx`; with `decisions`, also one decision row per query
+  (group) among them (training.collate.decision_rows)."""
   rows = [dict(records[i], behaviour=behaviour[i]) for i in idx]
-  return collate(rows, [records[i]["advantage"] for i in idx], pad_id, length_multiple,
-                 logprob_key="behaviour")
+  batch = collate(rows, [records[i]["advantage"] for i in idx], pad_id, length_multiple,
+                  logprob_key="behaviour")
+  if decisions:
+    batch.update(decision_rows(rows, len(rows), pad_id, length_multiple))
+  return batch
 
 
 def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], loss_cfg,
@@ -75,9 +80,10 @@ def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], 
   bs = cfg.train_batch_size
   total = cfg.m_step_epochs * steps_per_epoch(len(records), bs) if records else 0
   step_fn = policy.train_step(loss_cfg, bs)
+  decisions = loss_cfg.kind == "policy" and bool(loss_cfg.ce_coef)
   for s in range(policy.step, start_step + total):
     idx = batch_indices(len(records), bs, cfg.seed, iteration, s - start_step)
-    batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple)
+    batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple, decisions)
     policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
     if on_step is not None:
       on_step(s + 1, {k: float(local_value(v)) for k, v in metrics.items()})

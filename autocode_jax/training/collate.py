@@ -1,5 +1,6 @@
 """Trajectories -> the train step's batch (see step.py): prompt + response token ids, right-padded
-to a length bucket, with the masks and behaviour log-probs aligned to the tokens."""
+to a length bucket, with the masks and behaviour log-probs aligned to the tokens; and the
+decision rows of the decision term, one per query of the batch."""
 
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ def _bucket(n: int, multiple: int) -> int:
 def collate(records: Sequence[dict], advantages: Sequence[float], pad_id: int = 0,
             length_multiple: int = 128, logprob_key: str = "logprobs") -> dict[str, np.ndarray]:
   """records: dicts with prompt_ids, token_ids, roles (per response token: prefix/model/tool, or
-  the letters p/m/t) and
-  `logprob_key` (behaviour log-probs per response token). Returns the batch of step.py."""
+  the letters p/m/t) and `logprob_key` (behaviour log-probs per response token). Returns the
+  batch of step.py; `prefix` and `tool` tokens are context only (in no mask)."""
   rows = [list(r["prompt_ids"]) + list(r["token_ids"]) for r in records]
   t = _bucket(max(len(x) for x in rows), length_multiple)
   b = len(records)
   batch = {"tokens": np.full((b, t), pad_id, np.int32),
            "attention_mask": np.zeros((b, t), np.float32),
            "policy_mask": np.zeros((b, t), np.float32),
-           "prefix_mask": np.zeros((b, t), np.float32),
            "old_logprobs": np.zeros((b, t), np.float32),
            "advantages": np.asarray(advantages, np.float32)}
   for i, (r, row) in enumerate(zip(records, rows)):
@@ -35,6 +35,45 @@ def collate(records: Sequence[dict], advantages: Sequence[float], pad_id: int = 
     roles = r["roles"]  # role names, or one letter per token (p/m/t) as D_train stores them
     roles = np.asarray(list(roles) if isinstance(roles, str) else roles)
     batch["policy_mask"][i, p:p + n] = (roles == "model") | (roles == "m")
-    batch["prefix_mask"][i, p:p + n] = (roles == "prefix") | (roles == "p")
     batch["old_logprobs"][i, p:p + n] = r[logprob_key]
   return batch
+
+
+def decision_rows(records: Sequence[dict], num_rows: int, pad_id: int = 0,
+                  length_multiple: int = 128) -> dict[str, np.ndarray]:
+  """The decision rows of a batch (METHOD.md, M-step, Decision term): one per distinct `group`
+  among `records`, in order of first appearance, each the group's decision context
+  (`prompt_ids`: the plain prompt, or a branch's (x, y<t)) followed by its `decision_ids` (the
+  probe prefix P, or the fence that opened a branch's code block), with s*(c=1) =
+  `s_star[1]`. Padded with empty rows to `num_rows` (the batch's row count, so that the rows
+  split into micro-batches with the trajectories). Records of one group must agree on all
+  three fields."""
+  first: dict = {}
+  for i, r in enumerate(records):
+    key = r["group"]
+    if key not in first:
+      first[key] = r
+    elif (list(first[key]["prompt_ids"]), list(first[key]["decision_ids"]),
+          list(first[key]["s_star"])) != (list(r["prompt_ids"]), list(r["decision_ids"]),
+                                          list(r["s_star"])):
+      raise ValueError(f"record {i} of group {key!r}: its decision context, prefix or s* "
+                       "differs from the group's first record")
+  if len(first) > num_rows:
+    raise ValueError(f"{len(first)} decision rows do not fit in {num_rows}")
+  rows = [(list(r["prompt_ids"]), list(r["decision_ids"]), float(r["s_star"][1]))
+          for r in first.values()]
+  for (ctx, dec, _), key in zip(rows, first):
+    if not dec:
+      raise ValueError(f"group {key!r}: empty decision_ids")
+  t = _bucket(max([len(c) + len(d) for c, d, _ in rows] or [2]), length_multiple)
+  out = {"decision_tokens": np.full((num_rows, t), pad_id, np.int32),
+         "decision_attention": np.zeros((num_rows, t), np.float32),
+         "decision_mask": np.zeros((num_rows, t), np.float32),
+         "decision_s1": np.zeros((num_rows,), np.float32)}
+  for j, (ctx, dec, s1) in enumerate(rows):
+    p, n = len(ctx), len(dec)
+    out["decision_tokens"][j, :p + n] = ctx + dec
+    out["decision_attention"][j, :p + n] = 1
+    out["decision_mask"][j, p:p + n] = 1
+    out["decision_s1"][j] = s1
+  return out

@@ -16,8 +16,7 @@ _OPT_FIELDS = {  # flag name -> OptimizerConfig field
 _LOSS_FIELDS = {
     "eps_low": "eps_low", "eps_high": "eps_high", "dual_clip": "dual_clip",
     "ratio_level": "ratio_level", "loss_aggregation": "aggregation", "ce_coef": "ce_coef",
-    "unlikelihood_coef": "unlikelihood_coef", "kl_coef": "kl_coef",
-    "entropy_coef": "entropy_coef",
+    "kl_coef": "kl_coef", "entropy_coef": "entropy_coef",
 }
 
 
@@ -45,8 +44,6 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("loss_aggregation", l.aggregation, ["token_mean", "seq_mean"],
                     "token aggregation", flag_values=fv)
   flags.DEFINE_float("ce_coef", l.ce_coef, "beta: weight of the decision cross-entropy",
-                     flag_values=fv)
-  flags.DEFINE_float("unlikelihood_coef", l.unlikelihood_coef, "c = 0 unlikelihood term",
                      flag_values=fv)
   flags.DEFINE_float("kl_coef", l.kl_coef, "KL-to-reference weight", flag_values=fv)
   flags.DEFINE_float("entropy_coef", l.entropy_coef, "entropy bonus weight", flag_values=fv)

@@ -1,9 +1,10 @@
 """The M-step's losses as pure functions of arrays (METHOD.md, M-step, Eq. 6).
 
 Shapes: B sequences, T positions. Every per-token array is aligned with the token it scores, and
-every mask is 0/1 float: `policy_mask` marks `model` tokens (the only ones in L_pg), `prefix_mask`
-the code-probe prefix (only in L_ce); `tool` and padding tokens are 0 in every mask, so no loss
-depends on them.
+every mask is 0/1 float: `policy_mask` marks `model` tokens (the only ones in L_pg); `tool`,
+`prefix` and padding tokens are 0 in it, so no loss depends on them. The decision term scores
+its own rows (the plain prompt + the probe prefix, one per query): `decision_mask` marks the
+prefix tokens there.
 
 Aggregation over tokens takes an explicit denominator so that gradient accumulation over
 micro-batches equals the full-batch gradient: a micro-batch contributes sum(...) / denominator of
@@ -98,18 +99,29 @@ def policy_loss(logp_bt, old_logp_bt, adv_b, mask_bt, *, eps_low: float = 0.2,
   return loss, metrics
 
 
-def decision_ce_loss(logp_bt, prefix_mask_bt, denominator=None):
-  """L_ce = -mean over prefix tokens of log pi_theta(prefix token | x, earlier prefix tokens):
-  the sample estimate of CE(s* || pi_theta) for c = 1 (D_train holds decisions in proportion to
-  s*). Token mean over every prefix token of the batch."""
-  return -aggregate(logp_bt, prefix_mask_bt, "token_mean", denominator)
+def log1mexp(x):
+  """log(1 - exp(x)) for x <= 0, stable at both ends (Maechler's two branches around -log 2).
+  x is capped at -1e-6 in value only (straight through, so the gradient of x stays finite and
+  still points away from 1 when x is nearly 0)."""
+  x = x + jax.lax.stop_gradient(jnp.minimum(x, -1e-6) - x)
+  return jnp.where(x > -0.6931472, jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
 
 
-def unlikelihood_loss(logp_bt, first_prefix_mask_bt, denominator=None):
-  """Optional term for c = 0 samples: -mean log(1 - pi_theta(first prefix token | x))."""
-  p = jnp.exp(jnp.minimum(logp_bt, 0.0))
-  return -aggregate(jnp.log1p(-jnp.minimum(p, 1.0 - 1e-6)), first_prefix_mask_bt, "token_mean",
-                    denominator)
+def decision_loss(logp_bt, decision_mask_bt, s1_b, denominator=None):
+  """Eq. 4's CE(s* || pi_theta) over decisions, computed exactly once per query (METHOD.md,
+  M-step, Decision term). Row b is a decision row: the query's plain prompt followed by the
+  probe prefix P, with `decision_mask_bt` marking P's tokens and s1_b = s*(c=1|x):
+    log pi(c=1|x) = sum_t m_bt logp_bt = log pi(P|x),   log pi(c=0|x) = log(1 - pi(P|x)),
+    L_ce = sum_b -[(1 - s1_b) log pi(c=0|x) + s1_b log pi(c=1|x)] / #decision rows.
+  Rows with no masked token (padding) contribute nothing. The minimum over pi(P|x) is at
+  pi(P|x) = s1_b. Returns (loss, log pi(c=1|x) [B])."""
+  log_p1 = jnp.sum(jnp.where(decision_mask_bt > 0, logp_bt, 0.0), axis=-1)
+  valid = jnp.any(decision_mask_bt > 0, axis=-1).astype(jnp.float32)
+  s1 = s1_b.astype(jnp.float32)
+  per_row = -(s1 * log_p1 + (1.0 - s1) * log1mexp(jnp.where(valid > 0, log_p1, -1.0)))
+  if denominator is None:
+    denominator = jnp.sum(valid)
+  return jnp.sum(per_row * valid) / jnp.maximum(denominator, 1.0), log_p1
 
 
 def kl_penalty(logp_bt, ref_logp_bt, mask_bt, aggregation: str = "token_mean", denominator=None):

@@ -8,8 +8,10 @@ non-finite loss or gradient leaves parameters and optimizer state untouched and 
 
 Batch (all [B, T] aligned with `tokens`, rows right-padded; position 0 is never scored):
   tokens int32; attention_mask (1 real, 0 padding); policy_mask (`model` tokens: L_pg / SFT);
-  prefix_mask (code-probe prefix tokens: L_ce); old_logprobs (behaviour log-probs);
-  advantages [B]; optional ref_logprobs (KL) and unlikelihood_mask.
+  old_logprobs (behaviour log-probs); advantages [B]; optional ref_logprobs (KL).
+  With ce_coef, the decision rows ([B, Td], one per query of the batch, the rest padding; see
+  training.collate.decision_rows): decision_tokens, decision_attention, decision_mask (the probe
+  prefix's tokens) and decision_s1 [B] (s*(c=1|x)).
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ from autocode_jax.models import sharding as sharding_lib
 from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
 
-BATCH_KEYS = ("tokens", "attention_mask", "policy_mask", "prefix_mask", "old_logprobs",
-              "advantages")  # plus ref_logprobs with kl_coef, unlikelihood_mask with its coef
+BATCH_KEYS = ("tokens", "attention_mask", "policy_mask", "old_logprobs", "advantages")
+DECISION_KEYS = ("decision_tokens", "decision_attention", "decision_mask", "decision_s1")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
   """kind: "policy" (L_pg + beta L_ce + ...) or "sft". eps_low/eps_high/dual_clip/ratio_level:
   see losses.policy_loss. aggregation: token_mean or seq_mean. ce_coef: beta of the decision
-  term. unlikelihood_coef, kl_coef, entropy_coef: optional terms (0 = off)."""
+  term (losses.decision_loss). kl_coef, entropy_coef: optional terms (0 = off)."""
   kind: str = "policy"
   eps_low: float = 0.2
   eps_high: float = 0.2
@@ -44,7 +46,6 @@ class LossConfig:
   ratio_level: str = "token"
   aggregation: str = "token_mean"
   ce_coef: float = 1.0
-  unlikelihood_coef: float = 0.0
   kl_coef: float = 0.0
   entropy_coef: float = 0.0
 
@@ -70,14 +71,15 @@ class TrainState(NamedTuple):
 
 def denominators(batch, cfg: LossConfig) -> dict:
   """Whole-batch normalisers, computed before splitting into micro-batches."""
-  return {"policy": losses.denominators(batch["policy_mask"]),
-          "prefix": losses.denominators(batch["prefix_mask"]),
-          "unlikely": losses.denominators(batch.get("unlikelihood_mask",
-                                                    jnp.zeros_like(batch["policy_mask"])))}
+  out = {"policy": losses.denominators(batch["policy_mask"])}
+  if cfg.kind == "policy" and cfg.ce_coef:
+    out["decisions"] = losses.denominators(batch["decision_mask"])["seq_mean"]
+  return out
 
 
-def loss_from_logprobs(logp_bt, entropy_bt, batch, cfg: LossConfig, denoms):
-  """(loss, parts) from per-token log-probs aligned with tokens: everything after the model."""
+def loss_from_logprobs(logp_bt, entropy_bt, batch, cfg: LossConfig, denoms, decision_logp_bt=None):
+  """(loss, parts) from per-token log-probs aligned with tokens (and, with ce_coef, those of the
+  decision rows aligned with decision_tokens): everything after the model."""
   pm, agg = batch["policy_mask"], cfg.aggregation
   pol_denom = denoms["policy"]["seq_mean" if cfg.ratio_level == "sequence" else agg]
   if cfg.kind == "sft":
@@ -89,12 +91,16 @@ def loss_from_logprobs(logp_bt, entropy_bt, batch, cfg: LossConfig, denoms):
       aggregation=agg, denominator=pol_denom)
   parts = dict(parts, pg_loss=loss)
   if cfg.ce_coef:
-    ce = losses.decision_ce_loss(logp_bt, batch["prefix_mask"], denoms["prefix"]["token_mean"])
+    ce, log_p1 = losses.decision_loss(decision_logp_bt, batch["decision_mask"],
+                                      batch["decision_s1"], denoms["decisions"])
+    valid = jnp.any(batch["decision_mask"] > 0, axis=-1).astype(jnp.float32)
+    n = jnp.maximum(denoms["decisions"], 1.0)
     loss, parts["ce_loss"] = loss + cfg.ce_coef * ce, ce
-  if cfg.unlikelihood_coef:
-    ul = losses.unlikelihood_loss(logp_bt, batch["unlikelihood_mask"],
-                                  denoms["unlikely"]["token_mean"])
-    loss, parts["unlikelihood_loss"] = loss + cfg.unlikelihood_coef * ul, ul
+    # Batch means (sums over micro-batches add up) over the decisions: pi(P|x), its log (what
+    # moves when pi(P|x) is far below 1e-6) and s*(1|x).
+    parts["decision_p1"] = jnp.sum(jnp.exp(log_p1) * valid) / n
+    parts["decision_logp1"] = jnp.sum(log_p1 * valid) / n
+    parts["decision_s1"] = jnp.sum(batch["decision_s1"] * valid) / n
   if cfg.kl_coef:
     kl = losses.kl_penalty(logp_bt, batch["ref_logprobs"], pm, agg, denoms["policy"][agg])
     loss, parts["kl"] = loss + cfg.kl_coef * kl, kl
@@ -110,7 +116,12 @@ def compute_loss(params, graphdef, batch, cfg: LossConfig, denoms):
                        with_entropy=bool(cfg.entropy_coef))
   lp, ent = out if cfg.entropy_coef else (out, None)
   shift = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # align with tokens: position 0 has no score
-  return loss_from_logprobs(shift(lp), None if ent is None else shift(ent), batch, cfg, denoms)
+  dec = None
+  if cfg.kind == "policy" and cfg.ce_coef:
+    dt, da = batch["decision_tokens"], batch["decision_attention"]
+    dec = shift(token_logprobs(graphdef, params, dt[:, :-1], dt[:, 1:], None, da[:, :-1]))
+  return loss_from_logprobs(shift(lp), None if ent is None else shift(ent), batch, cfg, denoms,
+                            dec)
 
 
 def _split(batch, micro_batch: int):
@@ -125,8 +136,10 @@ def _split(batch, micro_batch: int):
 def loss_and_grads(params, graphdef, batch, cfg: LossConfig, micro_batch: int | None = None):
   """(loss, metrics, grads) over the batch, accumulated over micro-batches of `micro_batch` rows."""
   missing = [k for k in BATCH_KEYS if k not in batch]
-  missing += [k for k, coef in (("ref_logprobs", cfg.kl_coef),
-                                ("unlikelihood_mask", cfg.unlikelihood_coef)) if coef and k not in batch]
+  if cfg.kl_coef and "ref_logprobs" not in batch:
+    missing.append("ref_logprobs")
+  if cfg.kind == "policy" and cfg.ce_coef:
+    missing += [k for k in DECISION_KEYS if k not in batch]
   if missing:
     raise ValueError(f"train batch lacks field(s) {missing}; it has {sorted(batch)}")
   b = batch["tokens"].shape[0]
