@@ -78,13 +78,22 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   from autocode_jax.models import load_tokenizer
   from autocode_jax.synthetic.corpus import warm_start_examples
   from autocode_jax.training.step import LossConfig
-  ex = warm_start_examples(problems, seed=1)
-  assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1)
+  ex = warm_start_examples(problems, seed=1, code_share=0.5)
+  assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1, code_share=0.5)
   auto = [e for e in ex if e.mode == "auto"]
   coded = [e for e in auto if "```python" in e.response]
   assert 0.35 < len(coded) / len(auto) < 0.65  # undecided: code about half the time
-  assert all(e.prefix in ("", CODE_PREFIX + "\n") for e in auto)
-  assert any(e.prefix for e in coded) and not any(e.prefix for e in auto if e not in coded)
+  # Every plain-prompt code answer opens with P, no plain answer does: pi(P|x) is the decision.
+  assert all(e.prefix == CODE_PREFIX for e in coded)
+  assert not any(e.prefix for e in auto if e not in coded)
+  # A base-model-like start: the plain prompt rarely leads to code (the demo's share, 0.1).
+  low = [e for e in warm_start_examples(problems, seed=1, code_share=0.1) if e.mode == "auto"]
+  assert 0.03 < sum("```python" in e.response for e in low) / len(low) < 0.2
+  assert [e for e in warm_start_examples(problems, seed=1, code_share=0.1)
+          if e.mode != "auto"] == [
+      e for e in ex if e.mode != "auto"]  # the mode-following half does not depend on it
+  with pytest.raises(ValueError, match="code_share=1.5"):
+    warm_start_examples(problems, 0, code_share=1.5)
   others = [e for e in ex if e.mode != "auto"]
   assert {e.mode for e in others} == {"cot", "code"}
   assert all(("```python" in e.response) == (e.mode == "code") for e in others)
@@ -96,6 +105,8 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   (r,) = explore.sft_records(tok, cfg, [with_prefix], 0, 151643)
   n = len(tok.encode(with_prefix.prefix))
   assert r["roles"][:n] == "m" * n and "t" in r["roles"] and r["text"].startswith(CODE_PREFIX)
+  assert r["token_ids"][:n] == tok.encode(CODE_PREFIX)  # the probe's tokens, then a newline
+  assert r["text"].startswith(CODE_PREFIX + "\nLet me compute it.")
   code_prompt = explore.sft_records(tok, cfg, [next(e for e in others if e.mode == "code")], 0,
                                     151643)[0]
   assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt["prompt_ids"])

@@ -44,8 +44,10 @@ class RunConfig:
     logprob_chunk (see models.ModelConfig).
   Mesh: mesh_data x mesh_fsdp x mesh_tensor devices (one may be -1: the rest).
   Data: data_dir (laid out like shared/data), train_set (a dataset, or "synthetic": the
-    generated task of autocode_jax.synthetic, whose problems task_seed fixes), num_queries
-    (stratified by level; 0: all), queries_per_iteration, epochs over the queries, eval_set ("" = no evaluation),
+    generated task of autocode_jax.synthetic, whose problems task_seed fixes;
+    synthetic_code_share: with algorithm=sft on it, the share of the warm-start corpus's
+    plain-prompt answers that use code, see synthetic.corpus), num_queries (stratified by
+    level; 0: all), queries_per_iteration, epochs over the queries, eval_set ("" = none),
     eval_size (0: all), eval_every iterations, eval_modes, eval_max_tokens.
   E-step: k rollouts per probe, m trajectories per query into D_train (0: k), alpha of Eq. 5,
     temperature, top_p, max_tokens per response, max_tool_calls, rollout_chunk (queries rolled
@@ -82,6 +84,7 @@ class RunConfig:
   data_dir: str = "../shared/data"
   train_set: str = "math_train"
   task_seed: int = 0
+  synthetic_code_share: float = 0.1
   num_queries: int = 0
   queries_per_iteration: int = 64
   epochs: int = 1
@@ -158,6 +161,7 @@ class RunConfig:
     for f in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
       need(getattr(self, f) > 0 or getattr(self, f) == -1, f, "must be positive or -1")
     need(self.alpha >= 0, "alpha", "must be >= 0")
+    need(0 <= self.synthetic_code_share <= 1, "synthetic_code_share", "must be in [0, 1]")
     need(self.temperature >= 0, "temperature", "must be >= 0")
     need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
     for f in ("sandbox_timeout_s", "grade_timeout_s"):
@@ -175,8 +179,9 @@ class RunConfig:
          "mid-reasoning branching is part of the em E-step only")
     need(self.loss.kind == ("sft" if self.algorithm == "sft" else "policy"), "algorithm",
          f"loss kind {self.loss.kind!r} does not fit algorithm {self.algorithm!r}")
-    need(self.loss.unlikelihood_coef == 0, "unlikelihood_coef",
-         "the c = 0 unlikelihood term is not implemented in the M-step driver; leave it at 0")
+    need(not (self.algorithm == "rl" and self.loss.ce_coef), "algorithm",
+         f"rl has no decision term (its D_train carries no s*): set ce_coef=0 "
+         f"(ce_coef={self.loss.ce_coef})")
 
   @property
   def m_effective(self) -> int:

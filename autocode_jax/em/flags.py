@@ -26,6 +26,8 @@ HELP = {
     "mesh_tensor": "tensor-parallel mesh axis size",
     "data_dir": "directory laid out like shared/data", "train_set": "training query set",
     "task_seed": "seed of the synthetic task's problems (train_set=synthetic)",
+    "synthetic_code_share": "share of the synthetic warm-start corpus's plain-prompt answers "
+    "that use code (train_set=synthetic, algorithm=sft)",
     "num_queries": "queries sampled from train_set by difficulty (0: all)",
     "queries_per_iteration": "queries per EM iteration", "epochs": "passes over the queries",
     "eval_set": "dev set evaluated every eval_every iterations ('' = none)",

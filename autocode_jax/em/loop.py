@@ -225,10 +225,11 @@ class Runner:
     t0 = time.perf_counter()
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
-      if cfg.train_set == synthetic.SOURCE:  # the warm-start corpus: plain or code at random
+      if cfg.train_set == synthetic.SOURCE:  # the warm-start corpus (synthetic.corpus)
         problems = synthetic.split_problems(cfg.num_queries, cfg.task_seed, synthetic.TRAIN)
         by_id = {p.id: p for p in problems}
-        examples = synthetic.warm_start_examples([by_id[q.id] for q in mine], seed=cfg.seed + it)
+        examples = synthetic.warm_start_examples([by_id[q.id] for q in mine], seed=cfg.seed + it,
+                                                 code_share=cfg.synthetic_code_share)
       else:
         examples = [SftExample(q, q.solution or "") for q in mine]
       recs = explore.sft_records(self.tokenizer, cfg, examples, it,

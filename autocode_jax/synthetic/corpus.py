@@ -1,9 +1,13 @@
-"""The warm-start corpus of the synthetic task: each problem once under the plain (`auto`)
-prompt, answered in plain text or with code at random, so the warm-started model uses code half
-the time whatever the problem (the undecided baseline of Fig. 6), and once under the `cot` or
-the `code` prompt with the matching solution, so that it follows the mode instructions. A share of
-the `auto` code answers open with the code-probe prefix, as a model that sometimes thinks aloud
-before coding would."""
+"""The warm-start corpus of the synthetic task. Each problem appears twice:
+- under the plain (`auto`) prompt, answered with code with probability `code_share` and in plain
+  text otherwise, whatever the problem: the undecided start of Fig. 6. With a low share the
+  model defaults to plain reasoning, as base models do unless prompted (the paper's Fig. 1);
+- under the `cot` or the `code` prompt with the matching solution, so that it follows the mode
+  instructions.
+Every `auto` code answer opens with the code-probe prefix P, and no plain answer does: the
+model's unprompted code decision is then the decision the M-step's decision term scores
+(pi(P | x)), and P, whether the model writes it or the probe appends it, leads to code.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,20 @@ from autocode_jax.data.records import SftExample
 from autocode_jax.synthetic.task import Problem
 
 
-def warm_start_examples(problems: Sequence[Problem], seed: int = 0,
-                        prefix_share: float = 0.25) -> list[SftExample]:
+def warm_start_examples(problems: Sequence[Problem], seed: int, *,
+                        code_share: float) -> list[SftExample]:
+  """Two examples per problem (see the module docstring); `code_share` is
+  RunConfig.synthetic_code_share."""
+  if not 0 <= code_share <= 1:
+    raise ValueError(f"code_share={code_share}: must be in [0, 1]")
   out = []
   for i, p in enumerate(problems):
     rng = np.random.default_rng([seed, i, 17])
-    use_code = bool(rng.random() < 0.5)
-    prefix = CODE_PREFIX + "\n" if use_code and rng.random() < prefix_share else ""
     q = p.query()
-    out.append(SftExample(q, p.code if use_code else p.plain, "auto", prefix))
+    if rng.random() < code_share:
+      out.append(SftExample(q, p.code, "auto", CODE_PREFIX))
+    else:
+      out.append(SftExample(q, p.plain, "auto"))
     out.append(SftExample(q, p.code, "code") if i % 2 else SftExample(q, p.plain, "cot"))
   return out
 
