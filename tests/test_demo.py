@@ -1,5 +1,6 @@
-"""The README's main command, shortened: experiments/configs/demo.flags with a few problems and
-a short warm start, end to end (tokenizer, SFT warm start, EM and RL, the comparison)."""
+"""The README's main command, shortened: experiments/configs/demo.flags (beta = 1, the exact
+decision term) with a few problems and a short warm start, end to end (tokenizer, SFT warm start,
+EM, RL and SFT continued, the comparison); then the sweep script over that run."""
 
 import json
 import pathlib
@@ -9,41 +10,89 @@ import sys
 from autocode_jax.synthetic import FAMILIES
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+SHORT = ["--flagfile=experiments/configs/demo.flags", "--num_queries=16",
+         "--queries_per_iteration=8", "--eval_size=10", "--demo_warm_queries=100",
+         "--demo_warm_epochs=1", "--noprogress"]
+
+
+def _metrics(path):
+  return [json.loads(x) for x in path.read_text().splitlines()]
 
 
 def test_shortened_demo_runs_end_to_end(tmp_path):
-  run_dir = tmp_path / "demo"
-  cmd = [sys.executable, "experiments/train.py", "--flagfile=experiments/configs/demo.flags",
-         f"--run_dir={run_dir}", f"--tokenizer_dir={run_dir / 'tokenizer'}", "--num_queries=16",
-         "--queries_per_iteration=8", "--eval_size=10", "--demo_warm_queries=100",
-         "--demo_warm_epochs=1", "--noprogress"]
+  sweep_dir = tmp_path / "sweep"
+  run_dir = sweep_dir / "share0.1_seed0"  # where the sweep below finds it
+  tok = tmp_path / "tokenizer"
+  cmd = [sys.executable, "experiments/train.py", *SHORT, f"--run_dir={run_dir}",
+         f"--tokenizer_dir={tok}"]
   p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
   assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-  assert "== warm: sft" in p.stdout and "== em: em" in p.stdout and "== rl: rl" in p.stdout
+  for phase in ("== warm: sft", "== em: em", "== rl: rl", "== sft: sft"):
+    assert phase in p.stdout
   rows = json.loads((run_dir / "summary.json").read_text())
   assert [(r["method"], r["iteration"]) for r in rows] == [
-      ("em", 0), ("em", 1), ("em", 2), ("rl", 0), ("rl", 1), ("rl", 2)]
+      (m, i) for m in ("em", "rl", "sft") for i in range(3)]
   for r in rows:
-    assert {"cot_acc", "code_acc", "auto_acc", "selection_acc", "invocation_rate"} <= set(r)
-  assert rows[0]["cot_acc"] == rows[3]["cot_acc"]  # both start from the one warm start
+    assert {"cot_acc", "code_acc", "auto_acc", "selection_acc", "invocation_rate", "updates",
+            "rollouts"} <= set(r)
+  warm = [r for r in rows if r["iteration"] == 0]
+  assert len({(r["cot_acc"], r["auto_acc"]) for r in warm}) == 1  # one warm start for all
+  # The same rollout budget for EM and RL (2 probes x K=8 = 16 vanilla per query, 8 queries an
+  # iteration), none for SFT, and SFT continued for EM's number of updates (8 queries x M=8 in
+  # batches of 64: one a pass, one pass an iteration).
+  by = {(r["method"], r["iteration"]): r for r in rows}
+  assert [by["em", i]["rollouts"] for i in range(3)] == [0, 128, 256]
+  assert [by["rl", i]["rollouts"] for i in range(3)] == [0, 128, 256]
+  assert [by["sft", i]["rollouts"] for i in range(3)] == [0, 0, 0]
+  assert [by["em", i]["updates"] for i in range(3)] == [0, 1, 2]
+  assert [by["sft", i]["updates"] for i in range(3)] == [0, 1, 2]
   table = (run_dir / "summary.md").read_text()
-  assert table.startswith("| method | iteration | cot_acc | code_acc | auto_acc |")
+  assert table.startswith("Last iteration, auto accuracy: EM (AutoCode4Math) ")
+  assert "| method | iteration | updates | rollouts | cot_acc | code_acc | auto_acc |" in table
   assert table in p.stdout
+  # EM ran with the decision term (beta = 1): every M-step step reports it, and pi(P|x) moved.
+  em = _metrics(run_dir / "em" / "metrics.jsonl")
+  steps = [m for m in em if m["kind"] == "mstep"]
+  assert len(steps) == 2 and all(m["ce_loss"] > 0 for m in steps)
+  # pi(P|x) moved (its log: after this short a warm start pi(P|x) is far below 1e-6).
+  assert all(m["decision_logp1"] < 0 and 0 <= m["decision_p1"] <= 1 for m in steps)
+  assert steps[0]["decision_logp1"] != steps[1]["decision_logp1"]
+  assert all(0 <= m["decision_s1"] <= 1 for m in steps)
+  rl = _metrics(run_dir / "rl" / "metrics.jsonl")
+  assert not any("ce_loss" in m for m in rl if m["kind"] == "mstep")
   # The same evaluations by task family (2 problems of each of the 5 families).
   fams = json.loads((run_dir / "families.json").read_text())
-  assert [r["stage"] for r in fams] == [s for s in ("warm start", "em iter 2", "rl iter 2")
-                                        for _ in FAMILIES]
-  for stage, last in (("em iter 2", rows[2]), ("rl iter 2", rows[5])):
+  stages = ("warm start", "em iter 2", "rl iter 2", "sft iter 2")
+  assert [r["stage"] for r in fams] == [s for s in stages for _ in FAMILIES]
+  for stage, last in (("em iter 2", by["em", 2]), ("rl iter 2", by["rl", 2]),
+                      ("sft iter 2", by["sft", 2])):
     mine = [r for r in fams if r["stage"] == stage]
     assert [r["family"] for r in mine] == list(FAMILIES)
     for key in ("cot_acc", "code_acc", "auto_acc", "invocation_rate"):
       assert abs(sum(r[key] for r in mine) / len(mine) - last[key]) < 1e-9, (stage, key)
   assert "By family" in table
-  for png in ("curves_em.png", "curves_rl.png", "invocation_hist.png",
-              "invocation_hist_sampled.png"):
-    assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
-  # The same rollout budget per query: EM 2 probes x K=4, RL 8 vanilla rollouts.
-  em = [json.loads(x) for x in (run_dir / "em" / "metrics.jsonl").read_text().splitlines()]
-  rl = [json.loads(x) for x in (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()]
-  per_query = lambda ms: {m["rollouts"] / m["queries"] for m in ms if m["kind"] == "estep"}
-  assert per_query(em) == per_query(rl) == {8.0}
+  for png in ("comparison.png", "curves_em.png", "curves_rl.png", "curves_sft.png",
+              "invocation_hist.png", "invocation_hist_sampled.png"):
+    assert (run_dir / png).read_bytes()[:4] == b"\x89PNG", png
+
+  # The sweep over that one (share, seed) resumes the finished demo and tabulates it.
+  cmd = [sys.executable, "experiments/demo_sweep.py", *SHORT, f"--run_dir={sweep_dir}",
+         f"--tokenizer_dir={tok}", "--sweep_seeds=0", "--sweep_code_shares=0.1"]
+  p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+  assert "iter 1/3" not in p.stdout  # nothing trained again
+  sweep = (sweep_dir / "sweep.md").read_text()
+  lines = [x for x in sweep.splitlines() if x.startswith("| 0.1 |")]
+  assert len(lines) == 2 and lines[0].startswith("| 0.1 | 0 |") and "mean" in lines[1]
+  em_auto = f"{100 * by['em', 2]['auto_acc']:.1f}"
+  assert lines[0].split(" | ")[4] == em_auto
+  assert (sweep_dir / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+  assert json.loads((sweep_dir / "sweep.json").read_text())[0]["rows"] == rows
+
+
+def test_sweep_refuses_bad_flags(tmp_path):
+  cmd = [sys.executable, "experiments/demo_sweep.py", *SHORT, f"--run_dir={tmp_path / 's'}",
+         f"--tokenizer_dir={tmp_path / 't'}", "--sweep_code_shares=0.1,1.5"]
+  p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert p.returncode == 2 and "sweep_code_shares" in p.stderr
+  assert not (tmp_path / "s").exists()

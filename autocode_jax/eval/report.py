@@ -73,6 +73,38 @@ def plot_invocation_hist(hists: dict[str, list[int]], path: str, title: str = ""
   plt.close(fig)
 
 
+def plot_series(panels: dict[str, dict[str, list[tuple]]], path: str, *, xlabel: str,
+                ylabel: str, title: str = "") -> None:
+  """Side-by-side panels (panel title -> label -> points), one line per label over (x, y)
+  points, or (x, y, low, high) points drawn with the low-high band; integer x ticks, one legend
+  below the axes."""
+  plt = _plt()
+  from matplotlib.ticker import MaxNLocator
+  fig, axes = plt.subplots(1, len(panels), figsize=(max(6.5, 4.2 * len(panels)), 4.2),
+                           sharey=True, squeeze=False)
+  for ax, (name, series) in zip(axes[0], panels.items()):
+    for j, (label, points) in enumerate(series.items()):
+      pts = sorted(points)
+      color = f"C{j}"
+      ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", color=color, label=label)
+      if pts and len(pts[0]) == 4:
+        ax.fill_between([p[0] for p in pts], [p[2] for p in pts], [p[3] for p in pts],
+                        color=color, alpha=0.15, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(xlabel)
+    if name:
+      ax.set_title(name, fontsize=9)
+  axes[0][0].set_ylabel(ylabel)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.tight_layout(rect=(0, 0.1, 1, 1))
+  fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=len(labels),
+             fontsize=8, frameon=False)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+
+
 def write_report(results: dict[str, dict], out_dir: str) -> None:
   with open(os.path.join(out_dir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)

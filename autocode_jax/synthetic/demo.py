@@ -2,14 +2,17 @@
 
 1. Build the task's tokenizer from its training problems into --tokenizer_dir (kept if there).
 2. Warm-start a small random model by SFT on the mixed plain / code corpus (run_dir/warm), so
-   that it can do both and picks between them at random.
-3. From that checkpoint, run each method (EM and the on-policy RL baseline) with the same rollout
-   budget per query: EM's K per probe x 2 probes = RL's 2K (run_dir/<method>), evaluating every
-   iteration in the three prompt modes.
+   that it can do both and, under the plain prompt, uses code in a `synthetic_code_share` of
+   its answers whatever the problem.
+3. From that checkpoint, run each method (run_dir/<method>), evaluating every iteration in the
+   three prompt modes: EM and the on-policy RL baseline with the same rollout budget per query
+   (EM's K per probe x 2 probes = RL's 2K), and SFT on the warm-start corpus continued for EM's
+   number of updates (no rollouts).
 4. Summarise per method and iteration: accuracy per mode, selection accuracy, code-invocation
-   rate (summary.md, summary.json), and the same by task family (families.json); plots
-   curves_<method>.png, invocation_hist.png (greedy eval) and invocation_hist_sampled.png (the
-   E-step's sampled rollouts, first and last iteration).
+   rate, updates and rollouts consumed (summary.md, summary.json), and the same by task family
+   (families.json); plots comparison.png (Fig. 4: every method's auto accuracy against rollouts
+   consumed), curves_<method>.png, invocation_hist.png (greedy eval) and
+   invocation_hist_sampled.png (the E-step's sampled rollouts, first and last iteration).
 Every phase is an ordinary run of em.loop, so the whole demo resumes like one.
 """
 
@@ -19,14 +22,18 @@ import dataclasses
 import json
 import os
 
+import numpy as np
+
 from autocode_jax import synthetic
+from autocode_jax.em import mstep
 from autocode_jax.em.config import ConfigError, RunConfig
+from autocode_jax.em.metrics import read_metrics
 from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis
 from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
 
-METHODS = ("em", "rl")
+METHODS = ("em", "rl", "sft")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +60,7 @@ class DemoConfig:
 
 
 DEMO_HELP = {
-    "demo_methods": "methods run from the warm start (em, rl)",
+    "demo_methods": "methods run from the warm start (em, rl, sft)",
     "demo_warm_queries": "synthetic problems of the SFT warm start",
     "demo_warm_epochs": "passes of the warm start over them",
     "demo_warm_learning_rate": "peak learning rate of the warm start",
@@ -107,16 +114,37 @@ def phase_configs(cfg: RunConfig, demo: DemoConfig) -> dict[str, RunConfig]:
   out = {"warm": warm}
   hf = os.path.join(warm.run_dir, "hf_policy")
   for m in demo.demo_methods:
-    out[m] = dataclasses.replace(
-        cfg, run_dir=os.path.join(root, m), algorithm=m, init_from=hf, model_preset="",
-        tokenizer_dir=tok, k=cfg.k if m == "em" else 2 * cfg.k,
-        branching=cfg.branching and m == "em",
-        loss=cfg.loss if m == "em" else dataclasses.replace(cfg.loss, ce_coef=0.0))
+    common = dict(run_dir=os.path.join(root, m), algorithm=m, init_from=hf, model_preset="",
+                  tokenizer_dir=tok)
+    if m == "em":
+      out[m] = dataclasses.replace(cfg, **common)
+    elif m == "rl":
+      out[m] = dataclasses.replace(cfg, **common, k=2 * cfg.k, branching=False,
+                                   loss=dataclasses.replace(cfg.loss, ce_coef=0.0))
+    else:  # EM's updates per iteration: m_step_epochs passes of its D_train (M per query)
+      em_steps = mstep.steps_per_epoch(cfg.queries_per_iteration * cfg.m_effective,
+                                       cfg.train_batch_size)
+      examples = 2 * cfg.queries_per_iteration  # the corpus has two per problem
+      bs = -(-examples // em_steps)
+      out[m] = dataclasses.replace(cfg, **common, branching=False, train_batch_size=bs,
+                                   micro_batch_size=0, loss=LossConfig(kind="sft"))
+  return out
+
+
+def budget(run_dir: str) -> dict[int, tuple[int, int]]:
+  """iteration -> (updates, rollouts consumed) after it, from a run's metrics.jsonl (the train
+  step of its evaluation; the E-steps' rollouts so far, a resumed E-step counted once)."""
+  rollouts = {m["iteration"]: m.get("rollouts", 0) for m in read_metrics(run_dir, "estep")}
+  out = {}
+  for m in read_metrics(run_dir, "eval"):
+    it = m["iteration"]
+    out[it] = (m["step"], int(sum(v for i, v in rollouts.items() if i <= it)))
   return out
 
 
 def summary_rows(phases: dict[str, RunConfig]) -> list[dict]:
-  """One row per (method, iteration) with an evaluation; the warm start is iteration 0."""
+  """One row per (method, iteration) with an evaluation; the warm start is iteration 0, at 0
+  updates and 0 rollouts."""
   rows = []
   warm = report.training_curves(phases["warm"].run_dir, os.path.join(
       phases["warm"].run_dir, "curves.png"))
@@ -126,10 +154,12 @@ def summary_rows(phases: dict[str, RunConfig]) -> list[dict]:
       continue
     by_it = report.training_curves(cfg.run_dir, os.path.join(os.path.dirname(cfg.run_dir),
                                                              f"curves_{name}.png"))
+    spent = budget(cfg.run_dir)
     for it, a in [(0, start)] + [(i + 1, by_it[i]) for i in sorted(by_it)]:
       if a is not None:
-        rows.append({"method": name, "iteration": it, **{f"{m}_acc": v for m, v in
-                                                         a["accuracy"].items()},
+        updates, rollouts = spent.get(it - 1, (0, 0))
+        rows.append({"method": name, "iteration": it, "updates": updates, "rollouts": rollouts,
+                     **{f"{m}_acc": v for m, v in a["accuracy"].items()},
                      "selection_acc": a.get("selection_accuracy"),
                      "selection_queries": a.get("selection_queries"),
                      "invocation_rate": a["code_rate"].get("auto"),
@@ -184,8 +214,35 @@ def sampled_hists(phases: dict[str, RunConfig]) -> dict[str, list[int]]:
   return out
 
 
-def markdown(rows: list[dict], cols=("method", "iteration", "cot_acc", "code_acc", "auto_acc",
-                                     "union_bound", "selection_acc", "invocation_rate")) -> str:
+NAMES = {"em": "EM (AutoCode4Math)", "rl": "SFT+RL (on-policy GRPO)",
+         "sft": "SFT continued (no rollouts)"}
+
+
+def comparison_points(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
+  """Fig. 4's points: method -> (rollouts consumed, auto accuracy %) per iteration, the warm
+  start at 0. SFT consumes none: its points sit at the rollouts EM had consumed after the same
+  number of updates, so that the curves compare at equal training."""
+  em_x = {r["iteration"]: r["rollouts"] for r in rows if r["method"] == "em"}
+  series = {}
+  for r in rows:
+    x = r["rollouts"] if r["method"] != "sft" else em_x.get(r["iteration"], r["rollouts"])
+    series.setdefault(NAMES.get(r["method"], r["method"]), []).append((x, 100 * r["auto_acc"]))
+  return series
+
+
+def verdict(rows: list[dict]) -> str:
+  """One line: every method's auto accuracy at its last iteration, and EM's lead over RL."""
+  last = {r["method"]: r for r in rows}
+  parts = [f"{NAMES.get(m, m)} {100 * r['auto_acc']:.1f}" for m, r in last.items()]
+  line = "Last iteration, auto accuracy: " + ", ".join(parts)
+  if "em" in last and "rl" in last:
+    line += f" (EM - RL: {100 * (last['em']['auto_acc'] - last['rl']['auto_acc']):+.1f})"
+  return line + "\n"
+
+
+def markdown(rows: list[dict], cols=("method", "iteration", "updates", "rollouts", "cot_acc",
+                                     "code_acc", "auto_acc", "union_bound", "selection_acc",
+                                     "invocation_rate")) -> str:
   fmt = lambda v: "-" if v is None else (f"{100 * v:.1f}" if isinstance(v, float) else str(v))
   lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
   lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
@@ -207,8 +264,9 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
     finals[name] = run(pcfg, log=log, digest=digest)
   rows = summary_rows(phases)
   families = family_rows(phases)
-  table = markdown(rows) + "\nBy family (warm start, and each method's last iteration):\n\n" + (
-      markdown(families, ("stage", "family", "winner", "cot_acc", "code_acc", "auto_acc",
+  table = (verdict(rows) + "\n" + markdown(rows)
+           + "\nBy family (warm start, and each method's last iteration):\n\n" + markdown(
+               families, ("stage", "family", "winner", "cot_acc", "code_acc", "auto_acc",
                           "invocation_rate")))
   with open(os.path.join(cfg.run_dir, "summary.md"), "w") as f:
     f.write(table)
@@ -224,6 +282,11 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
   if hists:
     report.plot_invocation_hist(hists, os.path.join(cfg.run_dir, "invocation_hist.png"),
                                 "code-invocation rate per query (auto, greedy)")
+  share = f"{100 * cfg.synthetic_code_share:.0f}%"
+  report.plot_series({"": comparison_points(rows)}, os.path.join(cfg.run_dir, "comparison.png"),
+                     xlabel="rollouts consumed", ylabel="auto accuracy (%)",
+                     title=f"EM vs SFT+RL vs SFT from one warm start (plain-prompt code share "
+                     f"{share}), seed {cfg.seed}")
   sampled = sampled_hists(phases)
   if sampled:
     report.plot_invocation_hist(sampled, os.path.join(cfg.run_dir, "invocation_hist_sampled.png"),
@@ -234,3 +297,86 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
 
 def _last(rows, method):
   return [r for r in rows if r["method"] == method][-1]
+
+
+def _last_row(rows, method):
+  mine = [r for r in rows if r["method"] == method]
+  return mine[-1] if mine else None
+
+
+def sweep_table(results: list[dict]) -> str:
+  """One line per (code share, seed) and a mean per share: each method's auto accuracy at its
+  last iteration, EM's other modes and selection accuracy, and the acceptance checks of the
+  issue (EM - RL >= 10 points, EM selection >= 85%, EM auto above its cot and code)."""
+  cols = ("code share", "seed", "warm auto", "warm code rate", "EM auto", "EM cot", "EM code",
+          "EM sel", "EM code rate", "RL auto", "RL code rate", "SFT auto", "EM - RL", "checks")
+  lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+  pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+  by_share: dict = {}
+  for res in results:
+    rows = res["rows"]
+    warm, em, rl, sft = (next((r for r in rows if r["iteration"] == 0), None),
+                         _last_row(rows, "em"), _last_row(rows, "rl"), _last_row(rows, "sft"))
+    vals = {"warm auto": warm and warm["auto_acc"], "warm code rate": warm and
+            warm["invocation_rate"], "EM auto": em and em["auto_acc"],
+            "EM cot": em and em["cot_acc"], "EM code": em and em["code_acc"],
+            "EM sel": em and em["selection_acc"], "EM code rate": em and em["invocation_rate"],
+            "RL auto": rl and rl["auto_acc"], "RL code rate": rl and rl["invocation_rate"],
+            "SFT auto": sft and sft["auto_acc"],
+            "EM - RL": em and rl and em["auto_acc"] - rl["auto_acc"]}
+    checks = []
+    if em and rl:
+      checks.append("lead" if vals["EM - RL"] >= 0.10 else "no lead")
+    if em:
+      checks.append("sel" if (em["selection_acc"] or 0) >= 0.85 else "no sel")
+      checks.append("auto>both" if em["auto_acc"] > max(em["cot_acc"], em["code_acc"])
+                    else "auto<=mode")
+    by_share.setdefault(res["code_share"], []).append(vals)
+    lines.append("| " + " | ".join([f"{res['code_share']:g}", str(res["seed"])] +
+                                    [pct(vals[c]) for c in cols[2:-1]] + [", ".join(checks)])
+                 + " |")
+  for share, vs in by_share.items():
+    mean = lambda c: (None if any(v[c] is None for v in vs) else
+                      sum(v[c] for v in vs) / len(vs))
+    lines.append("| " + " | ".join([f"{share:g}", "mean"] + [pct(mean(c)) for c in cols[2:-1]]
+                                   + [""]) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run_sweep(cfg: RunConfig, demo: DemoConfig, seeds, shares, log=print) -> list[dict]:
+  """The demo's comparison for every (plain-prompt code share, seed), each a resumable demo in
+  run_dir/share<s>_seed<n> sharing one tokenizer; writes run_dir/sweep.md, sweep.json and
+  sweep.png (each method's auto accuracy against rollouts consumed, mean over seeds with the
+  min-max band, one panel per share)."""
+  os.makedirs(cfg.run_dir, exist_ok=True)
+  results = []
+  for share in shares:
+    for seed in seeds:
+      sub = dataclasses.replace(cfg, seed=seed, synthetic_code_share=share,
+                                run_dir=os.path.join(cfg.run_dir, f"share{share:g}_seed{seed}"))
+      log(f"=== plain-prompt code share {share:g}, seed {seed}: {sub.run_dir}")
+      results.append({"code_share": share, "seed": seed,
+                      "rows": run_demo(sub, demo, log=log)["rows"]})
+  table = sweep_table(results)
+  with open(os.path.join(cfg.run_dir, "sweep.md"), "w") as f:
+    f.write(table)
+  with open(os.path.join(cfg.run_dir, "sweep.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  panels = {}
+  for share in shares:
+    per_seed = [comparison_points(r["rows"]) for r in results if r["code_share"] == share]
+    series = {}
+    for name in per_seed[0]:
+      by_x: dict = {}
+      for pts in per_seed:
+        for i, (x, y) in enumerate(pts.get(name, [])):
+          by_x.setdefault(i, []).append((x, y))
+      series[name] = [(float(np.mean([x for x, _ in v])), float(np.mean([y for _, y in v])),
+                       min(y for _, y in v), max(y for _, y in v)) for v in by_x.values()]
+    panels[f"plain-prompt code share {share:g}"] = series
+  report.plot_series(panels, os.path.join(cfg.run_dir, "sweep.png"), xlabel="rollouts consumed",
+                     ylabel="auto accuracy (%)",
+                     title=f"auto accuracy from the warm start, mean over seeds {list(seeds)} "
+                     "(band: min to max)")
+  log(table)
+  return results

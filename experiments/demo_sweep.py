@@ -1,0 +1,52 @@
+"""The embedded demo's comparison over seeds and plain-prompt code shares of the warm start
+(EM vs SFT+RL vs SFT, see autocode_jax/synthetic/demo.py): one Markdown table and one figure.
+
+  python experiments/demo_sweep.py --flagfile=experiments/configs/demo.flags \
+      --run_dir=/tmp/autocode_jax/sweep --sweep_seeds=0,1,2 --sweep_code_shares=0.1,0.5
+
+Each (share, seed) is a full demo (about 7 minutes on 2 cores) in run_dir/share<s>_seed<n>;
+rerunning the command resumes where it stopped. Writes run_dir/sweep.md, sweep.json, sweep.png.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from autocode_jax.em import flags as em_flags  # noqa: E402
+from autocode_jax.em.config import ConfigError  # noqa: E402
+from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
+
+em_flags.define_flags()
+demo_lib.define_flags(flags.FLAGS)
+flags.DEFINE_list("sweep_seeds", ["0", "1", "2"], "run seeds (model init, data order, rollouts)")
+flags.DEFINE_list("sweep_code_shares", ["0.1", "0.5"],
+                  "plain-prompt code shares of the warm-start corpus")
+FLAGS = flags.FLAGS
+FLAGS.set_default("verbosity", logging.WARNING)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    if not FLAGS.demo:
+      raise ConfigError("demo", "the sweep runs the demo: pass --demo (as demo.flags does)")
+    cfg = em_flags.run_config(FLAGS, check_paths=False)
+    demo = demo_lib.demo_config(FLAGS)
+    demo_lib.check(cfg)
+    seeds = [int(s) for s in FLAGS.sweep_seeds]
+    shares = [float(s) for s in FLAGS.sweep_code_shares]
+    bad = [s for s in shares if not 0 <= s <= 1]
+    if bad or not shares or not seeds:
+      raise ConfigError("sweep_code_shares", f"need seeds and shares in [0, 1] (got {shares})")
+  except (ValueError, flags.ValidationError) as e:  # ConfigError, or a non-number in a list
+    print(f"demo_sweep.py: bad flag: {e}", file=sys.stderr)
+    sys.exit(2)
+  demo_lib.run_sweep(cfg, demo, seeds, shares)
+
+
+if __name__ == "__main__":
+  app.run(main)
