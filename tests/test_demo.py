@@ -96,3 +96,22 @@ def test_sweep_refuses_bad_flags(tmp_path):
   p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert p.returncode == 2 and "sweep_code_shares" in p.stderr
   assert not (tmp_path / "s").exists()
+
+
+def _row(method, it, auto, cot=0.5, code=0.5, sel=0.9):
+  return {"method": method, "iteration": it, "auto_acc": auto, "cot_acc": cot, "code_acc": code,
+          "selection_acc": sel, "invocation_rate": 0.4, "updates": it, "rollouts": 8 * it}
+
+
+def test_sweep_table_checks_the_issue_targets():
+  from autocode_jax.synthetic.demo import sweep_table
+  ok = [_row(m, 0, 0.6) for m in ("em", "rl", "sft")] + [
+      _row("em", 1, 0.975), _row("rl", 1, 0.875), _row("sft", 1, 0.6)]  # EM - RL = 10.0 points
+  short = [_row(m, 0, 0.6) for m in ("em", "rl")] + [
+      _row("em", 1, 0.55, cot=0.6, sel=0.8), _row("rl", 1, 0.5)]
+  table = sweep_table([{"code_share": 0.1, "seed": 0, "rows": ok},
+                       {"code_share": 0.1, "seed": 1, "rows": short}])
+  lines = table.splitlines()
+  assert lines[2].endswith("| 10.0 | lead, sel, auto>both |")
+  assert lines[3].endswith("| - | 5.0 | no lead, no sel, auto<=mode |")  # no SFT run: "-"
+  assert lines[4].startswith("| 0.1 | mean | 60.0 |") and "| 76.2 |" in lines[4]

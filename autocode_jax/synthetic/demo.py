@@ -326,7 +326,7 @@ def sweep_table(results: list[dict]) -> str:
             "EM - RL": em and rl and em["auto_acc"] - rl["auto_acc"]}
     checks = []
     if em and rl:
-      checks.append("lead" if vals["EM - RL"] >= 0.10 else "no lead")
+      checks.append("lead" if round(100 * vals["EM - RL"], 1) >= 10 else "no lead")
     if em:
       checks.append("sel" if (em["selection_acc"] or 0) >= 0.85 else "no sel")
       checks.append("auto>both" if em["auto_acc"] > max(em["cot_acc"], em["code_acc"])
