@@ -80,10 +80,10 @@ def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], 
   bs = cfg.train_batch_size
   total = cfg.m_step_epochs * steps_per_epoch(len(records), bs) if records else 0
   step_fn = policy.train_step(loss_cfg, bs)
-  decisions = loss_cfg.kind == "policy" and bool(loss_cfg.ce_coef)
   for s in range(policy.step, start_step + total):
     idx = batch_indices(len(records), bs, cfg.seed, iteration, s - start_step)
-    batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple, decisions)
+    batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple,
+                       loss_cfg.decision_term)
     policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
     if on_step is not None:
       on_step(s + 1, {k: float(local_value(v)) for k, v in metrics.items()})

@@ -49,6 +49,11 @@ class LossConfig:
   kl_coef: float = 0.0
   entropy_coef: float = 0.0
 
+  @property
+  def decision_term(self) -> bool:
+    """Whether the loss has the decision term (and the batch needs DECISION_KEYS)."""
+    return self.kind == "policy" and bool(self.ce_coef)
+
   def __post_init__(self):
     if self.kind not in ("policy", "sft"):
       raise ValueError(f"loss kind={self.kind!r}: expected 'policy' or 'sft'")
@@ -72,7 +77,7 @@ class TrainState(NamedTuple):
 def denominators(batch, cfg: LossConfig) -> dict:
   """Whole-batch normalisers, computed before splitting into micro-batches."""
   out = {"policy": losses.denominators(batch["policy_mask"])}
-  if cfg.kind == "policy" and cfg.ce_coef:
+  if cfg.decision_term:
     out["decisions"] = losses.denominators(batch["decision_mask"])["seq_mean"]
   return out
 
@@ -90,7 +95,7 @@ def loss_from_logprobs(logp_bt, entropy_bt, batch, cfg: LossConfig, denoms, deci
       eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, ratio_level=cfg.ratio_level,
       aggregation=agg, denominator=pol_denom)
   parts = dict(parts, pg_loss=loss)
-  if cfg.ce_coef:
+  if cfg.decision_term:
     ce, log_p1 = losses.decision_loss(decision_logp_bt, batch["decision_mask"],
                                       batch["decision_s1"], denoms["decisions"])
     valid = jnp.any(batch["decision_mask"] > 0, axis=-1).astype(jnp.float32)
@@ -117,7 +122,7 @@ def compute_loss(params, graphdef, batch, cfg: LossConfig, denoms):
   lp, ent = out if cfg.entropy_coef else (out, None)
   shift = lambda x: jnp.pad(x, ((0, 0), (1, 0)))  # align with tokens: position 0 has no score
   dec = None
-  if cfg.kind == "policy" and cfg.ce_coef:
+  if cfg.decision_term:
     dt, da = batch["decision_tokens"], batch["decision_attention"]
     dec = shift(token_logprobs(graphdef, params, dt[:, :-1], dt[:, 1:], None, da[:, :-1]))
   return loss_from_logprobs(shift(lp), None if ent is None else shift(ent), batch, cfg, denoms,
@@ -138,7 +143,7 @@ def loss_and_grads(params, graphdef, batch, cfg: LossConfig, micro_batch: int | 
   missing = [k for k in BATCH_KEYS if k not in batch]
   if cfg.kl_coef and "ref_logprobs" not in batch:
     missing.append("ref_logprobs")
-  if cfg.kind == "policy" and cfg.ce_coef:
+  if cfg.decision_term:
     missing += [k for k in DECISION_KEYS if k not in batch]
   if missing:
     raise ValueError(f"train batch lacks field(s) {missing}; it has {sorted(batch)}")
