@@ -28,23 +28,31 @@ FLAGS = flags.FLAGS
 FLAGS.set_default("verbosity", logging.WARNING)
 
 
+def _numbers(name: str, kind) -> list:
+  """The non-empty list flag `name` as numbers of `kind`; ConfigError naming it otherwise."""
+  try:
+    out = [kind(s) for s in FLAGS[name].value]
+  except ValueError:
+    raise ConfigError(name, f"expected a comma-separated list of numbers "
+                      f"(got {FLAGS[name].value!r})") from None
+  if not out:
+    raise ConfigError(name, "needs at least one value")
+  return out
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  with em_flags.bad_flags_exit("demo_sweep.py"):
     if not FLAGS.demo:
       raise ConfigError("demo", "the sweep runs the demo: pass --demo (as demo.flags does)")
     cfg = em_flags.run_config(FLAGS, check_paths=False)
     demo = demo_lib.demo_config(FLAGS)
     demo_lib.check(cfg)
-    seeds = [int(s) for s in FLAGS.sweep_seeds]
-    shares = [float(s) for s in FLAGS.sweep_code_shares]
-    bad = [s for s in shares if not 0 <= s <= 1]
-    if bad or not shares or not seeds:
-      raise ConfigError("sweep_code_shares", f"need seeds and shares in [0, 1] (got {shares})")
-  except (ValueError, flags.ValidationError) as e:  # ConfigError, or a non-number in a list
-    print(f"demo_sweep.py: bad flag: {e}", file=sys.stderr)
-    sys.exit(2)
+    seeds = _numbers("sweep_seeds", int)
+    shares = _numbers("sweep_code_shares", float)
+    if not all(0 <= s <= 1 for s in shares):
+      raise ConfigError("sweep_code_shares", f"shares must be in [0, 1] (got {shares})")
   demo_lib.run_sweep(cfg, demo, seeds, shares)
 
 

@@ -49,15 +49,9 @@ FLAGS.set_default("verbosity", logging.WARNING)
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  with em_flags.bad_flags_exit("eval.py"):
     cfg = harness.EvalConfig(**em_flags.dataclass_kwargs(harness.EvalConfig, FLAGS))
     harness.validate_paths(cfg)
-  except config_lib.ConfigError as e:
-    print(f"eval.py: bad flag: --{e}", file=sys.stderr)
-    sys.exit(2)
-  except flags.ValidationError as e:
-    print(f"eval.py: bad flag: {e}", file=sys.stderr)
-    sys.exit(2)
   harness.evaluate(cfg)
   with open(os.path.join(cfg.out_dir, "summary.md")) as f:
     print(f.read(), end="")

@@ -16,7 +16,6 @@ from absl import app, flags, logging
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from autocode_jax.em import flags as em_flags  # noqa: E402
-from autocode_jax.em.config import ConfigError  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
 em_flags.define_flags()
@@ -33,19 +32,13 @@ FLAGS.set_default("verbosity", logging.WARNING)  # orbax logs every save at INFO
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  with em_flags.bad_flags_exit("train.py"):
     # Every flag and path checked before any work (the demo builds its tokenizer and data).
     cfg = em_flags.run_config(FLAGS, check_paths=not FLAGS.demo)
     demo = None
     if FLAGS.demo:
       demo = demo_lib.demo_config(FLAGS)
       demo_lib.check(cfg)
-  except ConfigError as e:
-    print(f"train.py: bad flag: --{e}", file=sys.stderr)
-    sys.exit(2)
-  except flags.ValidationError as e:
-    print(f"train.py: bad flag: {e}", file=sys.stderr)
-    sys.exit(2)
   import jax
   if FLAGS.distributed:
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
@@ -53,14 +46,11 @@ def main(argv):
   elif any(FLAGS[f].present for f in ("coordinator_address", "num_processes", "process_id")):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   from autocode_jax.em.loop import run
-  try:
+  with em_flags.bad_flags_exit("train.py"):  # some are found once the run dir and data are read
     if demo is not None:
       summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
     else:
       summary = run(cfg, digest=FLAGS.params_digest)
-  except ConfigError as e:  # found once the run directory and data are read
-    print(f"train.py: bad flag: --{e}", file=sys.stderr)
-    sys.exit(2)
   path = os.path.join(cfg.run_dir, f"final.p{jax.process_index()}.json")
   with open(path, "w") as f:
     json.dump(summary, f, indent=1)

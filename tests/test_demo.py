@@ -96,6 +96,10 @@ def test_sweep_refuses_bad_flags(tmp_path):
   p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
   assert p.returncode == 2 and "sweep_code_shares" in p.stderr
   assert not (tmp_path / "s").exists()
+  p = subprocess.run(cmd[:-1] + ["--sweep_seeds=0,x"], cwd=REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert p.returncode == 2 and "--sweep_seeds: expected a comma-separated list" in p.stderr
+  assert not (tmp_path / "s").exists()
 
 
 def _row(method, it, auto, cot=0.5, code=0.5, sel=0.9):

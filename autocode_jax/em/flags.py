@@ -4,7 +4,9 @@ training.flags."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import sys
 import typing
 
 from absl import flags
@@ -64,6 +66,20 @@ HELP = {
 _SKIP = ("optimizer", "loss")
 _ENUMS = {"algorithm": config_lib.ALGORITHMS, "engine": config_lib.ENGINES,
           "template": config_lib.TEMPLATES}
+
+
+@contextlib.contextmanager
+def bad_flags_exit(script: str):
+  """Around an entry point's flag checks: a bad setting (config.ConfigError, naming its flag, or
+  absl's ValidationError) is printed as `<script>: bad flag: ...` on stderr and exits 2."""
+  try:
+    yield
+  except config_lib.ConfigError as e:
+    print(f"{script}: bad flag: --{e}", file=sys.stderr)
+    sys.exit(2)
+  except flags.ValidationError as e:
+    print(f"{script}: bad flag: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def define_dataclass_flags(cls, help_: dict[str, str], fv: flags.FlagValues,
