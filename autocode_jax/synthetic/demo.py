@@ -296,10 +296,6 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
 
 
 def _last(rows, method):
-  return [r for r in rows if r["method"] == method][-1]
-
-
-def _last_row(rows, method):
   mine = [r for r in rows if r["method"] == method]
   return mine[-1] if mine else None
 
@@ -316,7 +312,7 @@ def sweep_table(results: list[dict]) -> str:
   for res in results:
     rows = res["rows"]
     warm, em, rl, sft = (next((r for r in rows if r["iteration"] == 0), None),
-                         _last_row(rows, "em"), _last_row(rows, "rl"), _last_row(rows, "sft"))
+                         _last(rows, "em"), _last(rows, "rl"), _last(rows, "sft"))
     vals = {"warm auto": warm and warm["auto_acc"], "warm code rate": warm and
             warm["invocation_rate"], "EM auto": em and em["auto_acc"],
             "EM cot": em and em["cot_acc"], "EM code": em and em["code_acc"],
@@ -366,13 +362,10 @@ def run_sweep(cfg: RunConfig, demo: DemoConfig, seeds, shares, log=print) -> lis
   for share in shares:
     per_seed = [comparison_points(r["rows"]) for r in results if r["code_share"] == share]
     series = {}
-    for name in per_seed[0]:
-      by_x: dict = {}
-      for pts in per_seed:
-        for i, (x, y) in enumerate(pts.get(name, [])):
-          by_x.setdefault(i, []).append((x, y))
+    for name in per_seed[0]:  # every seed's demo has the same iterations: average them in step
+      steps = zip(*(pts[name] for pts in per_seed if name in pts))
       series[name] = [(float(np.mean([x for x, _ in v])), float(np.mean([y for _, y in v])),
-                       min(y for _, y in v), max(y for _, y in v)) for v in by_x.values()]
+                       min(y for _, y in v), max(y for _, y in v)) for v in steps]
     panels[f"plain-prompt code share {share:g}"] = series
   report.plot_series(panels, os.path.join(cfg.run_dir, "sweep.png"), xlabel="rollouts consumed",
                      ylabel="auto accuracy (%)",
