@@ -1,51 +1,85 @@
-"""Grading throughput: `grade_batch` (worker pool, hard timeouts, exact checks) against plain
-single-process math-verify, on the MATH500 golds against themselves and against perturbed answers.
+"""The grader against plain math-verify on the generated agreement suite (grading/agreement.py):
+agreement with the construction's verdicts per variant kind, side by side, every pair where the
+two disagree, grader failures, and throughput (both run in the same worker pool).
 
-  python benchmarks/grading_bench.py --data_dir=../shared/data [--workers=2]
+  python benchmarks/grading_bench.py --data_dir=../shared/data [--datasets=math500,gsm8k]
+      [--workers=2] [--out=grading_bench.json]
 """
 
-import re
+import collections
+import json
 import time
 
 from absl import app, flags
 
 from autocode_jax.data import load_dataset
-from autocode_jax.grading import GraderPool, grade_batch
+from autocode_jax.grading import GraderPool, agreement
+from autocode_jax.grading.grader import grade_results
 
 _DATA = flags.DEFINE_string("data_dir", "../shared/data", "directory laid out like shared/data")
+_DATASETS = flags.DEFINE_list("datasets", ["math500", "gsm8k"],
+                              "datasets whose golds the suite is built from")
 _WORKERS = flags.DEFINE_integer("workers", 0, "grader processes (0: one per core)")
+_OUT = flags.DEFINE_string("out", "", "also write every disagreement and the totals as JSON")
 
 
-def perturb(gold: str) -> str:
-  """A near-miss: the first digit changed, or '+1' appended when there is none."""
-  m = re.search(r"\d", gold)
-  if not m:
-    return gold + "+1"
-  return gold[:m.start()] + str((int(m.group()) + 1) % 10) + gold[m.end():]
-
-
-def plain_math_verify(golds, preds):
-  from math_verify import parse, verify
-  return [verify(parse(f"\\boxed{{{g}}}"), parse(f"\\boxed{{{p}}}")) for g, p in zip(golds, preds)]
+def _pct(n: int, d: int) -> str:
+  return f"{100 * n / d:6.2f}%" if d else "     -"
 
 
 def main(_):
-  golds = [q.gold for q in load_dataset("math500", _DATA.value)]
+  golds = {n: [q.gold for q in load_dataset(n, _DATA.value)] for n in _DATASETS.value}
+  suite = agreement.build_suite(golds)
   with GraderPool(num_workers=_WORKERS.value or None, timeout_s=10) as pool:
-    grade_batch(["\\boxed{1}"] * pool.num_workers * 2, ["1"] * pool.num_workers * 2, pool=pool)
-    print(f"{len(golds)} MATH500 golds; grade_batch with {pool.num_workers} workers")
-    plain_math_verify(golds[:5], golds[:5])  # import and warm in this process too
-    for label, preds in (("self", golds), ("perturbed", [perturb(g) for g in golds])):
-      start = time.monotonic()
-      ours = grade_batch([f"\\boxed{{{p}}}" for p in preds], golds, pool=pool)
-      t_ours = time.monotonic() - start
-      start = time.monotonic()
-      ref = plain_math_verify(golds, preds)
-      t_ref = time.monotonic() - start
-      agree = sum(a == b for a, b in zip(ours, ref))
-      print(f"{label:10} grade_batch {len(golds) / t_ours:8.1f} pairs/s ({sum(ours)} equal) | "
-            f"math-verify 1 process {len(golds) / t_ref:8.1f} pairs/s ({sum(ref)} equal) | "
-            f"ratio {t_ref / t_ours:.2f}x | verdicts agree on {agree}/{len(golds)}")
+    grade_results(["\\boxed{1}"] * pool.num_workers * 2, ["1"] * pool.num_workers * 2, pool=pool)
+    t0 = time.monotonic()
+    scored = agreement.score(suite, pool)
+    seconds = time.monotonic() - t0
+    workers = pool.num_workers
+  print(f"{len(suite)} pairs from {sum(map(len, golds.values()))} golds of "
+        f"{', '.join(golds)}; {workers} grader processes; {seconds:.1f} s for both graders")
+
+  by_kind = collections.defaultdict(lambda: [0, 0, 0])
+  for s in scored:
+    row = by_kind[s.pair.kind]
+    row[0] += 1
+    row[1] += s.ours == s.pair.expected
+    row[2] += s.plain == s.pair.expected
+  print(f"\n{'variant':28} {'pairs':>6} {'ours right':>11} {'math-verify right':>18}")
+  for kind in sorted(by_kind):
+    n, ours, plain = by_kind[kind]
+    print(f"{kind:28} {n:6d} {_pct(ours, n):>11} {_pct(plain, n):>18}")
+  n = len(scored)
+  ours = sum(s.ours == s.pair.expected for s in scored)
+  plain = sum(s.plain == s.pair.expected for s in scored)
+  print(f"{'all':28} {n:6d} {_pct(ours, n):>11} {_pct(plain, n):>18}")
+  worse = [s for s in scored if s.plain == s.pair.expected and s.ours != s.pair.expected]
+  fps = [s for s in scored if not s.pair.expected and s.plain]
+  print(f"\nours wrong where math-verify is right: {len(worse)}; math-verify false positives "
+        f"{len(fps)}, ours right on {sum(not s.ours for s in fps)}")
+  failures = collections.Counter(
+      [f"ours {s.ours_failure}" for s in scored if s.ours_failure] +
+      [f"math-verify {s.plain_failure}" for s in scored if s.plain_failure])
+  print(f"grader failures: {dict(failures) or 'none'}")
+
+  disagree = [s for s in scored if s.ours != s.plain]
+  print(f"\n{len(disagree)} pairs where the graders disagree (expected | ours | math-verify | "
+        f"kind | gold | answer):")
+  for s in disagree:
+    answer = agreement.answer_of(s.pair)
+    print(f"  {'=' if s.pair.expected else '!='} | {int(s.ours)} | {int(s.plain)} | "
+          f"{s.pair.kind} | {s.pair.gold!r} | {answer!r}")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({"pairs": n, "ours_right": ours, "math_verify_right": plain,
+                 "ours_wrong_where_math_verify_right": len(worse),
+                 "by_kind": {k: dict(zip(("pairs", "ours_right", "math_verify_right"), v))
+                             for k, v in sorted(by_kind.items())},
+                 "disagreements": [{"dataset": s.pair.dataset, "index": s.pair.index,
+                                    "kind": s.pair.kind, "gold": s.pair.gold,
+                                    "response": s.pair.response, "expected": s.pair.expected,
+                                    "ours": s.ours, "math_verify": s.plain}
+                                   for s in disagree]}, f, indent=1)
 
 
 if __name__ == "__main__":

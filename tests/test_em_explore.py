@@ -205,3 +205,37 @@ def test_sft_records_mask_output_blocks(tok):
   assert tok.decode(r["token_ids"][:-1]) == sol
   with pytest.raises(ValueError, match="q1 of math500 has no solution"):
     explore.sft_records(tok, cfg, [SftExample(Q1, "")], 0, EOS)
+
+
+TOWER = "So \\boxed{10^{10^{10}} + 1}."  # exact comparison with 1 takes far past the limit
+
+
+def test_grader_timeouts_are_counted_in_the_e_step_and_in_eval(tok, parts, tmp_path):
+  """A response the grader cannot finish within grade_timeout_s scores 0 and is counted: in
+  the query's stats line, the iteration's E-step statistics and line, and the eval rows and
+  analysis."""
+  from autocode_jax.em.loop import summary_line
+  from autocode_jax.eval.metrics import autocode_analysis
+  from autocode_jax.eval.run import run_modes
+  sandbox, grader, fences = parts
+  cfg = RunConfig(run_dir="unused", model_preset="tiny-qwen2", tokenizer_dir="unused", k=4,
+                  max_tokens=200, rollout_chunk=1, grade_timeout_s=1.0)
+  one = Query("q3", "What is one?", "1", None, "math500")
+  pick = lambda text, index, params: TOWER if index % 2 == 0 else "It is \\boxed{1}."
+  ex = explore.Explorer(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg, fences, (EOS,))
+  explore.run_estep(ex, [one], 0, str(tmp_path))
+  stats = TrajectoryStore(str(tmp_path / "queries.jsonl")).read()
+  # Rollouts 0 and 2 of each probe time out: 2 probes x 2.
+  assert stats[0]["grader_failures"] == {"timeout": 4, "error": 0}
+  assert stats[0]["rewards"] == {"vanilla": [0, 1, 0, 1], "code_prefix": [0, 1, 0, 1]}
+  it = explore.iteration_stats(stats, TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read())
+  assert (it["grader_timeouts"], it["grader_errors"]) == (4, 0)
+  line = summary_line(0, 1, {"estep": dict(it, rollouts_per_s=1.0)})
+  assert "grader 4 timeouts 0 errors" in line
+
+  ex = explore.Explorer(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg, fences, (EOS,))
+  rows = run_modes(ex, [one], ["cot", "auto"])
+  assert [r["grader_failure"] for r in rows] == ["timeout", "timeout"]
+  assert [r["correct"] for r in rows] == [0, 0]
+  analysis = autocode_analysis(rows)
+  assert (analysis["grader_timeouts"], analysis["grader_errors"]) == (2, 0)

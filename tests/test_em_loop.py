@@ -72,8 +72,12 @@ def test_debug_cpu_runs_one_full_em_iteration(reference):
     assert {"s_star", "pi1", "q", "advantage", "reward", "label", "probe", "seed"} <= set(r)
   kinds = [m["kind"] for m in _lines(run_dir / "metrics.jsonl")]
   assert kinds == ["estep", "behaviour", "mstep", "mstep", "eval", "iteration"]
-  behaviour = _lines(run_dir / "metrics.jsonl")[1]
+  estep, behaviour = _lines(run_dir / "metrics.jsonl")[:2]
   assert 0 <= behaviour["logprob_mismatch_mean"] < 1e-3  # same numerics, fp32: tiny
+  evaluation = _lines(run_dir / "metrics.jsonl")[4]
+  for m in (estep, evaluation):  # grader failures are reported, here none
+    assert (m["grader_timeouts"], m["grader_errors"]) == (0, 0)
+  assert out.count("grader 0 timeouts 0 errors") == 2  # the E-step's and the eval's
   final = _final(run_dir)
   assert final["train_step"] == 2 and len(final["params_sha256"]) == 64
   assert (run_dir / "hf_policy" / "config.json").exists()

@@ -40,6 +40,7 @@ def test_evaluate_writes_rows_results_table_and_plots(model_dir, shared_dir, tmp
   for r in results.values():
     assert set(r["accuracy"]) == {"cot", "code", "auto"} and r["queries"] == 2
     assert "union_bound" in r and "selection_accuracy" in r and sum(r["invocation_hist"]) == 2
+    assert r["grader_timeouts"] == r["grader_errors"] == 0
   assert json.loads((out / "results.json").read_text()) == results
   table = (out / "summary.md").read_text().splitlines()
   assert table[0].startswith("| benchmark | n | auto acc | code acc | cot acc |")
@@ -55,11 +56,12 @@ def test_evaluate_writes_rows_results_table_and_plots(model_dir, shared_dir, tmp
 def test_markdown_table_by_hand():
   results = {"gsm8k": {"accuracy": {"auto": 0.5, "cot": 0.25, "code": 0.75},
                        "code_rate": {"auto": 0.125}, "union_bound": 1.0,
-                       "selection_accuracy": None, "n_samples": 1}}
+                       "selection_accuracy": None, "n_samples": 1, "grader_timeouts": 2,
+                       "grader_errors": 0}}
   assert report.markdown_table(results) == (
       "| benchmark | n | auto acc | code acc | cot acc | union bound | selection acc | "
-      "auto code rate |\n|---|---|---|---|---|---|---|---|\n"
-      "| gsm8k | 1 | 50.0 | 75.0 | 25.0 | 100.0 | - | 12.5 |\n")
+      "auto code rate | grader timeouts / errors |\n|---|---|---|---|---|---|---|---|---|\n"
+      "| gsm8k | 1 | 50.0 | 75.0 | 25.0 | 100.0 | - | 12.5 | 2 / 0 |\n")
 
 
 def test_training_curves_from_a_run_directory(tmp_path):

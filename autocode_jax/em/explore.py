@@ -62,16 +62,17 @@ class Explorer:
     return tuple(self.tokenizer.encode(CODE_PREFIX))
 
   def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
-    """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules."""
+    """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules, and
+    its grade_failure when the grader timed out or failed (the reward is then 0)."""
     by_source = collections.defaultdict(list)
     for t in trajs:
       by_source[grading_dataset(queries[t.query_id].source)].append(t)
-    from autocode_jax.grading.grader import grade_batch
+    from autocode_jax.grading.grader import grade_results
     for dataset, ts in by_source.items():
-      ok = grade_batch([t.text for t in ts], [queries[t.query_id].gold for t in ts], dataset,
-                       timeout_s=self.cfg.grade_timeout_s, pool=self.grader)
-      for t, good in zip(ts, ok):
-        t.reward = float(good)
+      grades = grade_results([t.text for t in ts], [queries[t.query_id].gold for t in ts],
+                             dataset, timeout_s=self.cfg.grade_timeout_s, pool=self.grader)
+      for t, g in zip(ts, grades):
+        t.reward, t.grade_failure = float(g.correct), g.failure_kind
 
 
 def stop_ids(tokenizer, model_config, template: str) -> tuple[int, ...]:
@@ -167,8 +168,14 @@ def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str])
   statuses = collections.Counter(s for t in trajs for s in t.tool_statuses)
   return {"query_id": q.id, "labels": {p: [l for l, _ in v] for p, v in by_probe.items()},
           "rewards": {p: [r for _, r in v] for p, v in by_probe.items()},
-          "tool_statuses": dict(statuses),
+          "tool_statuses": dict(statuses), "grader_failures": grader_failures(trajs),
           "tokens": sum(sum(1 for r in t.roles if r == "model") for t in trajs)}
+
+
+def grader_failures(trajs: Sequence[Trajectory]) -> dict[str, int]:
+  """How many of trajs the grader could not grade: {'timeout': n, 'error': n}."""
+  kinds = collections.Counter(t.grade_failure for t in trajs)
+  return {"timeout": kinds["timeout"], "error": kinds["error"]}
 
 
 def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
@@ -251,7 +258,7 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
     records += [to_record(c, iteration, advantage=float(a), decision_ids=fence_ids, **common)
                 for c, a in zip(chosen, adv)]
     summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
-                          labels=[c.label for c in conts]))
+                          labels=[c.label for c in conts], grader_failures=grader_failures(conts)))
   return records, summaries
 
 
@@ -360,7 +367,8 @@ def read_shards(out_dir: str, name: str) -> list[dict]:
 def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
   """Per-iteration statistics: code-invocation rate per query (mean and histogram over 0..K
   vanilla rollouts), the distribution of s*(c=1|x) (mean and 10-bin histogram), tool statuses,
-  mean rewards by probe and by label, and the D_train label mix."""
+  grader timeouts and errors (branch continuations included), mean rewards by probe and by
+  label, and the D_train label mix."""
   if not summaries:
     return {}
   out: dict = {"queries": len(summaries), "dtrain_size": len(records)}
@@ -383,6 +391,11 @@ def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
         by[f"reward/c{l}"].append(r)
   out["tool_statuses"] = dict(statuses)
   out["tool_calls"] = int(sum(statuses.values()))
+  failures = collections.Counter()
+  for s in summaries:
+    for part in [s] + list(s.get("branches", ())):
+      failures.update(part["grader_failures"])
+  out["grader_timeouts"], out["grader_errors"] = failures["timeout"], failures["error"]
   for key, v in sorted(by.items()):
     out[key] = float(np.mean(v)) if v else None
   out["rollouts"] = int(sum(len(v) for s in summaries for v in s["rewards"].values()))

@@ -146,8 +146,9 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
                          temperature=cfg.sample_temperature if sampled else 0.0)
         path = os.path.join(rows_dir, f"{name}.jsonl")
         write_jsonl(path, rows)
-        log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in
-                                   autocode_analysis(rows)["accuracy"].items()))
+        acc = autocode_analysis(rows)
+        log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in acc["accuracy"].items())
+            + f" (grader {acc['grader_timeouts']} timeouts {acc['grader_errors']} errors)")
     finally:
       sandbox.close()
       grader.close()

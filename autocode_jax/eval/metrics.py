@@ -1,7 +1,8 @@
 """Evaluation metrics of METHOD.md (Evaluation) as pure functions of result rows.
 
 A row is one graded response: {"query_id", "mode" (cot | code | auto), "correct" (0/1),
-"label" (1 if it executed code)}; a query may have several rows per mode (n samples).
+"label" (1 if it executed code), "grader_failure" (None, 'timeout' or 'error')}; a query may
+have several rows per mode (n samples).
 
 - Pass@1 of a mode: per query the mean correctness over its samples (greedy: its one sample),
   averaged over queries.
@@ -40,7 +41,8 @@ def pass_at_1(rows: Sequence[dict], mode: str) -> float:
 
 def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
   """Accuracy and code rate per mode, the union bound, the selection accuracy (and how many
-  queries it is over), and the histogram of auto's per-query code-invocation rate."""
+  queries it is over), the histogram of auto's per-query code-invocation rate, and how many
+  rows the grader timed out or failed on (graded 0, so counted here)."""
   pq = per_query(rows)
   modes = sorted({m for _, m in pq})
   out: dict = {"accuracy": {m: pass_at_1(rows, m) for m in modes},
@@ -48,6 +50,8 @@ def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
                                                if mm == m])) for m in modes}}
   queries = sorted({q for q, _ in pq})
   out["queries"] = len(queries)
+  failures = collections.Counter(r.get("grader_failure") for r in rows)  # absent: older rows
+  out["grader_timeouts"], out["grader_errors"] = failures["timeout"], failures["error"]
   if "cot" in modes and "code" in modes:
     solved = lambda q, m: (q, m) in pq and pq[(q, m)]["accuracy"] >= 0.5
     out["union_bound"] = float(np.mean([solved(q, "cot") or solved(q, "code") for q in queries]))

@@ -25,16 +25,17 @@ def _pct(x) -> str:
 
 def markdown_table(results: dict[str, dict]) -> str:
   """One row per benchmark: accuracy per mode, union bound, selection accuracy, auto's code
-  rate (percentages)."""
+  rate (percentages), and the responses the grader timed out / failed on."""
   modes = sorted({m for r in results.values() for m in r["accuracy"]})
   head = (["benchmark", "n"] + [f"{m} acc" for m in modes]
-          + ["union bound", "selection acc", "auto code rate"])
+          + ["union bound", "selection acc", "auto code rate", "grader timeouts / errors"])
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, r in results.items():
     cells = [name, str(r.get("n_samples", 1))] + [_pct(r["accuracy"][m]) if m in r["accuracy"]
                                                   else "-" for m in modes]
     cells += [_pct(r.get("union_bound")), _pct(r.get("selection_accuracy")),
-              _pct(r.get("code_rate", {}).get("auto"))]
+              _pct(r.get("code_rate", {}).get("auto")),
+              f"{r.get('grader_timeouts', '-')} / {r.get('grader_errors', '-')}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

@@ -15,7 +15,8 @@ def run_modes(ex, queries: Sequence[Query], modes: Sequence[str], max_tokens: in
               tag: str = "eval", n: int = 1, temperature: float = 0.0) -> list[dict]:
   """`n` rollouts per (query, mode) with `ex` (an em.explore.Explorer): greedy by default, or
   n samples at `temperature` (top-p 1; AIME / AMC: n=64, T=0.6). A row per rollout: query_id,
-  mode, sample, correct, label (1 if it executed code), tool calls, response tokens."""
+  mode, sample, correct, label (1 if it executed code), tool calls, response tokens,
+  grader_failure ('timeout' / 'error' when the grader could not say; correct is then 0)."""
   if n > 1 and temperature == 0:
     raise ValueError(f"run_modes: n={n} greedy samples would all be equal; set a temperature")
   reqs = [dataclasses.replace(ex.request(q, "vanilla", 0, mode=m), probe=m)
@@ -27,4 +28,4 @@ def run_modes(ex, queries: Sequence[Query], modes: Sequence[str], max_tokens: in
   ex.grade(trajs, {q.id: q for q in queries})
   return [{"query_id": t.query_id, "mode": t.probe, "sample": i % n, "correct": int(t.reward),
            "label": t.label, "tool_calls": t.num_tool_calls, "tokens": len(t.token_ids),
-           "tag": tag} for i, t in enumerate(trajs)]
+           "grader_failure": t.grade_failure, "tag": tag} for i, t in enumerate(trajs)]

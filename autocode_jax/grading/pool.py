@@ -16,7 +16,7 @@ import weakref
 
 from autocode_jax import ipc
 
-FUNCS = ("equivalent", "parses")
+FUNCS = ("equivalent", "parses", "plain_math_verify")
 
 
 class _Worker(ipc.Helper):

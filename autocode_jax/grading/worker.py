@@ -1,5 +1,6 @@
 """A grader worker process: `python -m autocode_jax.grading.worker MEMORY_MB`. Answers
-{"fn": "equivalent" | "parses", "args": [...]} with {"ok": bool, "value": ...}."""
+{"fn": "equivalent" | "parses" | "plain_math_verify", "args": [...]} with
+{"ok": bool, "value": ...}."""
 
 import resource
 import sys
@@ -20,7 +21,8 @@ def main() -> None:
     ipc.send(stdout, {"ready": False, "error": f"{type(e).__name__}: {e}"})
     return
   ipc.send(stdout, {"ready": True})
-  funcs = {"equivalent": equivalence.equivalent, "parses": equivalence.parses}
+  funcs = {"equivalent": equivalence.equivalent, "parses": equivalence.parses,
+           "plain_math_verify": equivalence.plain_math_verify}
   while (req := ipc.recv(stdin)) is not None:
     try:
       answer = {"ok": True, "value": funcs[req["fn"]](*req["args"])}

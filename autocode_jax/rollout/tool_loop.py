@@ -37,6 +37,7 @@ class Trajectory:
   text: str = ""
   reward: float | None = None
   seed: int | None = None  # the request's seed: with the sample index, it fixes the rollout
+  grade_failure: str | None = None  # 'timeout' or 'error' when the grader could not say
 
   @property
   def loss_mask(self) -> list[int]:
