@@ -9,7 +9,8 @@ Train step: a micro-batch of the clipped policy loss (token-level ratios, token 
 log-probs given) forward + backward + AdamW, fp32; ours is `make_train_step` (the decision term
 off: it needs decision rows HF has no counterpart for), HF's is `model(tokens).logits`, the same
 loss, `loss.backward()`, global-norm clipping at 1 and `torch.optim.AdamW` (as ours).
-Generation: prompt 64 random tokens + 128 new, T=1, top-p 0.9, EOS ignored on every side, so each row makes exactly 128 tokens; ours is
+Generation: prompt 64 random tokens + 128 new, T=1, top-p 0.9, EOS ignored on every side, so
+each row makes exactly 128 tokens; ours is
 `JaxSampler.generate`, HF's `model.generate(do_sample=True)`, vLLM's `LLM.generate`.
 Throughput is tokens per second of wall time after one warm-up call per shape.
 """
