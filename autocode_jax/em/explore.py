@@ -25,6 +25,7 @@ from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
 from autocode_jax.data.records import Query, SftExample
 from autocode_jax.data.store import TrajectoryStore, write_jsonl
 from autocode_jax.em import estep
+from autocode_jax.grading.grader import failure_counts
 from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, run_tool_loop
 
@@ -168,14 +169,9 @@ def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str])
   statuses = collections.Counter(s for t in trajs for s in t.tool_statuses)
   return {"query_id": q.id, "labels": {p: [l for l, _ in v] for p, v in by_probe.items()},
           "rewards": {p: [r for _, r in v] for p, v in by_probe.items()},
-          "tool_statuses": dict(statuses), "grader_failures": grader_failures(trajs),
+          "tool_statuses": dict(statuses),
+          "grader_failures": failure_counts(t.grade_failure for t in trajs),
           "tokens": sum(sum(1 for r in t.roles if r == "model") for t in trajs)}
-
-
-def grader_failures(trajs: Sequence[Trajectory]) -> dict[str, int]:
-  """How many of trajs the grader could not grade: {'timeout': n, 'error': n}."""
-  kinds = collections.Counter(t.grade_failure for t in trajs)
-  return {"timeout": kinds["timeout"], "error": kinds["error"]}
 
 
 def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
@@ -258,7 +254,8 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
     records += [to_record(c, iteration, advantage=float(a), decision_ids=fence_ids, **common)
                 for c, a in zip(chosen, adv)]
     summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
-                          labels=[c.label for c in conts], grader_failures=grader_failures(conts)))
+                          labels=[c.label for c in conts],
+                          grader_failures=failure_counts(c.grade_failure for c in conts)))
   return records, summaries
 
 

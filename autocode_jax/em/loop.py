@@ -34,7 +34,7 @@ from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
 from autocode_jax.em.metrics import MetricsWriter
 from autocode_jax.em.policy import Policy
-from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
 
 PHASES = ("estep", "behaviour", "mstep", "export", "eval")
@@ -359,11 +359,6 @@ def _drop_uniform(records: list[dict]) -> list[dict]:
   return [r for r in records if len(groups[r["group"]]) > 1]
 
 
-def _grader_note(stats: dict) -> str:
-  """' grader 2 timeouts 0 errors' (responses graded 0 because the grader could not say)."""
-  return f" grader {stats['grader_timeouts']} timeouts {stats['grader_errors']} errors"
-
-
 def summary_line(it: int, total: int, line: dict) -> str:
   """One line per iteration: what the E-step found, the M-step did and the eval measured."""
   parts = [f"iter {it + 1}/{total}"]
@@ -373,7 +368,7 @@ def summary_line(it: int, total: int, line: dict) -> str:
       parts.append(f"E: {e['rollouts']} rollouts {e.get('rollouts_per_s', 0):.1f}/s "
                    f"reward {e['reward_mean']:.3f} code {e['code_rate_mean']:.2f}"
                    + (f" s*1 {e['s_star1_mean']:.2f}" if "s_star1_mean" in e else "")
-                   + f" D_train {e['dtrain_size']}" + _grader_note(e))
+                   + f" D_train {e['dtrain_size']}" + grader_note(e))
     else:
       parts.append(f"E: sft data {e.get('seconds', 0):.1f}s")
   b = line.get("behaviour")
@@ -387,7 +382,7 @@ def summary_line(it: int, total: int, line: dict) -> str:
   if ev:
     parts.append("eval " + " ".join(f"{k} {v:.3f}" for k, v in ev["accuracy"].items())
                  + (f" sel {ev['selection_accuracy']:.3f}"
-                    if ev.get("selection_accuracy") is not None else "") + _grader_note(ev))
+                    if ev.get("selection_accuracy") is not None else "") + grader_note(ev))
   return " | ".join(parts)
 
 

@@ -18,7 +18,7 @@ from autocode_jax.data.store import write_jsonl
 from autocode_jax.em import explore
 from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES, ConfigError
 from autocode_jax.eval import report
-from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
 
 
@@ -148,7 +148,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
         write_jsonl(path, rows)
         acc = autocode_analysis(rows)
         log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in acc["accuracy"].items())
-            + f" (grader {acc['grader_timeouts']} timeouts {acc['grader_errors']} errors)")
+            + f" ({grader_note(acc).strip()})")
     finally:
       sandbox.close()
       grader.close()

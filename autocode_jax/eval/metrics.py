@@ -21,6 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
+from autocode_jax.grading.grader import failure_counts
+
 
 def per_query(rows: Sequence[dict]) -> dict[tuple[str, str], dict]:
   """(query_id, mode) -> {"accuracy", "code_rate", "n"} over that query's samples in that mode."""
@@ -50,7 +52,7 @@ def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
                                                if mm == m])) for m in modes}}
   queries = sorted({q for q, _ in pq})
   out["queries"] = len(queries)
-  failures = collections.Counter(r.get("grader_failure") for r in rows)  # absent: older rows
+  failures = failure_counts(r.get("grader_failure") for r in rows)  # absent: older rows
   out["grader_timeouts"], out["grader_errors"] = failures["timeout"], failures["error"]
   if "cot" in modes and "code" in modes:
     solved = lambda q, m: (q, m) in pq and pq[(q, m)]["accuracy"] >= 0.5
@@ -73,3 +75,9 @@ def invocation_histogram(rows: Sequence[dict], mode: str = "auto", bins: int = 1
   [0, 1] (the last bin includes 1)."""
   rates = [v["code_rate"] for (_, m), v in per_query(rows).items() if m == mode]
   return np.histogram(rates, bins=bins, range=(0.0, 1.0))[0].tolist()
+
+
+def grader_note(stats: dict) -> str:
+  """' grader 2 timeouts 0 errors' from stats with grader_timeouts / grader_errors (an
+  autocode_analysis or E-step statistics): responses graded 0 because the grader could not say."""
+  return f" grader {stats['grader_timeouts']} timeouts {stats['grader_errors']} errors"

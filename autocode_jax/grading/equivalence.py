@@ -22,6 +22,7 @@ Order of decisions, each final when it decides:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 
 import sympy
@@ -227,15 +228,22 @@ def _base_number(s: str, valid: bool = True) -> tuple[str, str, int] | None:
   return sign, digits, base
 
 
-def _parse(s: str, timeout_s: int) -> list:
-  """math-verify's parse of a normalised answer, without its unit stripping: that removes any
-  trailing letter that could be a unit, so 'a + b + c', '10t + 12' and '2s' lose their last
-  variable. Units were stripped by `normalize`, after numbers only."""
-  from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
+@functools.cache
+def _extraction_configs() -> tuple:
+  """math-verify's default extraction, without its unit stripping: that removes any trailing
+  letter that could be a unit, so 'a + b + c', '10t + 12' and '2s' lose their last variable.
+  Units are stripped by `normalize`, after numbers only. Built once per worker."""
+  from math_verify import ExprExtractionConfig, LatexExtractionConfig
   latex = LatexExtractionConfig()
   latex = dataclasses.replace(latex, normalization_config=dataclasses.replace(
       latex.normalization_config, units=False))
-  return parse("\\boxed{" + s + "}", [latex, ExprExtractionConfig()], parsing_timeout=timeout_s)
+  return (latex, ExprExtractionConfig())
+
+
+def _parse(s: str, timeout_s: int) -> list:
+  """math-verify's parse of a normalised answer under `_extraction_configs`."""
+  from math_verify import parse
+  return parse("\\boxed{" + s + "}", list(_extraction_configs()), parsing_timeout=timeout_s)
 
 
 def equivalent(gold: str, pred: str, timeout_s: int = 5) -> bool:

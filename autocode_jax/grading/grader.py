@@ -7,7 +7,7 @@ import atexit
 import collections
 import dataclasses
 import threading
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from autocode_jax.grading.extract import extract_answer
 from autocode_jax.grading.pool import GraderPool
@@ -43,10 +43,11 @@ class Grade:
     return "timeout" if self.failure == "timeout" else "error"
 
 
-def failure_counts(grades: Sequence[Grade]) -> dict[str, int]:
-  """{'grader_timeouts': n, 'grader_errors': n} over `grades`."""
-  kinds = collections.Counter(g.failure_kind for g in grades)
-  return {"grader_timeouts": kinds["timeout"], "grader_errors": kinds["error"]}
+def failure_counts(kinds: Iterable[str | None]) -> dict[str, int]:
+  """{'timeout': n, 'error': n} over failure kinds (Grade.failure_kind, or what a trajectory or
+  an eval row kept of it; None: graded)."""
+  counts = collections.Counter(kinds)
+  return {"timeout": counts["timeout"], "error": counts["error"]}
 
 
 def grade(response: str, gold: str, dataset: str | None = None, *, timeout_s: float = 5.0,
