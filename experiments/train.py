@@ -15,6 +15,10 @@ from absl import app, flags, logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from autocode_jax import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()  # before numpy and jax start threads: see hostmem
+
 from autocode_jax.em import flags as em_flags  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
