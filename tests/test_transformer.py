@@ -129,3 +129,23 @@ def test_bf16_params_and_compute():
   assert bf16.wq[...].dtype == jnp.bfloat16 and b.dtype == jnp.float32
   # Same weights up to bf16 rounding, so logits agree to bf16 precision.
   assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max())
+
+
+def test_prefill_equals_decode_on_an_empty_cache():
+  """`prefill` skips reading the empty cache; logits and the filled cache are decode's."""
+  model = _model()
+  tokens = _tokens(2, 6, model.config.vocab_size)
+  mask = jnp.asarray([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  want, want_cache = model.decode(tokens, positions, KVCache.init(model.config, 2, 10), mask)
+  got, cache = model.prefill(tokens, positions, 10, mask)
+  last, _ = model.prefill(tokens, positions, 10, mask, last_only=True)
+  real = np.asarray(mask, bool)  # a padding position's output is never used
+  np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], atol=1e-5, rtol=0)
+  np.testing.assert_allclose(last[:, 0], want[:, -1], atol=1e-5, rtol=0)
+  valid = np.asarray(want_cache.valid)  # [B, S]; invalid slots are never read
+  np.testing.assert_array_equal(cache.valid, valid)
+  assert int(cache.index) == int(want_cache.index) == 6
+  for a, b in ((cache.k, want_cache.k), (cache.v, want_cache.v)):
+    a, b = np.moveaxis(np.asarray(a), 3, 1), np.moveaxis(np.asarray(b), 3, 1)  # [L, S, B, K, E]
+    np.testing.assert_allclose(a[:, valid.T], b[:, valid.T], atol=1e-5, rtol=0)

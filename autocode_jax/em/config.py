@@ -41,7 +41,7 @@ class RunConfig:
   Model: init_from (a HuggingFace directory) or model_preset (random init; the vocabulary is
     grown to the tokenizer's, rounded up to 128); tokenizer_dir (default: init_from); template
     (chat for instruct models, plain for base models); param_dtype, dtype, remat,
-    logprob_chunk (see models.ModelConfig).
+    logprob_chunk, layer_loop (see models.ModelConfig).
   Mesh: mesh_data x mesh_fsdp x mesh_tensor devices (one may be -1: the rest).
   Data: data_dir (laid out like shared/data), train_set (a dataset, or "synthetic": the
     generated task of autocode_jax.synthetic, whose problems task_seed fixes;
@@ -78,6 +78,7 @@ class RunConfig:
   dtype: str = "float32"
   remat: str = "none"
   logprob_chunk: int = 512
+  layer_loop: str = "auto"
   mesh_data: int = 1
   mesh_fsdp: int = -1
   mesh_tensor: int = 1

@@ -24,6 +24,7 @@ HELP = {
     "template": "prompt template: chat (instruct models) or plain (base models)",
     "param_dtype": "parameter dtype", "dtype": "compute dtype", "remat": "remat policy per block",
     "logprob_chunk": "sequence chunk of the log-prob projection",
+    "layer_loop": "decoder blocks scanned, unrolled, or auto (unrolled up to 8 layers)",
     "mesh_data": "data-parallel mesh axis size", "mesh_fsdp": "FSDP mesh axis size (-1: rest)",
     "mesh_tensor": "tensor-parallel mesh axis size",
     "data_dir": "directory laid out like shared/data", "train_set": "training query set",

@@ -31,7 +31,7 @@ def model_config(cfg, tokenizer) -> config_lib.ModelConfig:
   """The architecture of the run's model: init_from's config.json, or the preset with its
   vocabulary grown to the tokenizer's (rounded up to 128) and the tokenizer's EOS."""
   settings = dict(param_dtype=cfg.param_dtype, dtype=cfg.dtype, remat=cfg.remat,
-                  logprob_chunk=cfg.logprob_chunk)
+                  logprob_chunk=cfg.logprob_chunk, layer_loop=cfg.layer_loop)
   if cfg.init_from:
     return config_lib.load_hf_config(cfg.init_from, **settings)
   mc = config_lib.preset(cfg.model_preset, **settings)
@@ -57,7 +57,8 @@ class Policy:
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
     if cfg.init_from:
       model = from_pretrained(cfg.init_from, mesh=mesh, param_dtype=cfg.param_dtype,
-                              dtype=cfg.dtype, remat=cfg.remat, logprob_chunk=cfg.logprob_chunk)
+                              dtype=cfg.dtype, remat=cfg.remat, logprob_chunk=cfg.logprob_chunk,
+                              layer_loop=cfg.layer_loop)
     else:
       model = init_model(mc, seed=cfg.seed, mesh=mesh)
     graphdef, params = nnx.split(model)

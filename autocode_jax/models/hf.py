@@ -142,7 +142,7 @@ def _open_checkpoint(hf_dir: str) -> dict[str, SafetensorsReader]:
 
 def from_pretrained(hf_dir: str, *, mesh=None, rules=None, param_dtype: str = "float32",
                     dtype: str = "float32", remat: str = "none",
-                    logprob_chunk: int = 512) -> Transformer:
+                    logprob_chunk: int = 512, layer_loop: str = "auto") -> Transformer:
   """Loads a HF Qwen2/Llama checkpoint directory as a `Transformer`.
 
   Every tensor is checked (present, right shape, nothing unexpected) before anything is
@@ -150,7 +150,7 @@ def from_pretrained(hf_dir: str, *, mesh=None, rules=None, param_dtype: str = "f
   target sharding (`mesh` with the logical `rules`, or the default device), one at a time.
   """
   cfg = config_lib.load_hf_config(hf_dir, param_dtype=param_dtype, dtype=dtype, remat=remat,
-                                  logprob_chunk=logprob_chunk)
+                                  logprob_chunk=logprob_chunk, layer_loop=layer_loop)
   files = _open_checkpoint(hf_dir)
   graphdef, abstract_state = nnx.split(abstract_model(cfg))
   wanted = list(_hf_tensors(abstract_state, cfg))

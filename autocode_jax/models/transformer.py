@@ -1,8 +1,9 @@
 """The decoder-only transformer (Qwen2 / Llama) in Flax NNX, with layers stacked and scanned.
 
 Per-layer weights are stacked on a leading `layers` axis and the blocks run under `jax.lax.scan`,
-so a 28-layer 7B model compiles as fast as a 1-layer one and remat applies per block. The module is
-meant to be used functionally: `graphdef, state = nnx.split(model)` once, then the pure functions
+so a 28-layer 7B model compiles as fast as a 1-layer one and remat applies per block; models of
+a few layers run them unrolled instead (`ModelConfig.layer_loop`), which is faster on a CPU. The
+module is meant to be used functionally: `graphdef, state = nnx.split(model)` once, then the pure functions
 at the bottom of this file (`forward`, `token_logprobs`, `decode`) under `jax.jit`.
 
 Letters in shapes: B batch, T query length, S key length (cache slots), D hidden, H query heads,
@@ -11,6 +12,7 @@ K key/value heads, G = H // K, E head dim, F MLP width, V vocab, L layers.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -32,23 +34,30 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 class KVCache(NamedTuple):
   """A preallocated key/value cache for incremental decoding.
 
-  k, v: [L, B, S, K, E] keys (after RoPE) and values of every slot.
+  k, v: [L, B, K, S, E] keys (after RoPE) and values of every slot, heads before slots so that
+    attention reads each head's keys as one contiguous [S, E] matrix (no transpose per step);
+    with unrolled layers (ModelConfig.unroll_layers) a tuple of L arrays [B, K, S, E], so no
+    block copies its layer's slice out of a stacked array on every step.
   valid: [B, S] the slot holds a real (non-padding) token.
   index: [] int32, the next slot to write; slots are filled left to right for all rows at once.
   """
-  k: jax.Array
-  v: jax.Array
+  k: jax.Array | tuple[jax.Array, ...]
+  v: jax.Array | tuple[jax.Array, ...]
   valid: jax.Array
   index: jax.Array
 
   # Logical axes of k and v: the cache is sharded like the activations it holds.
-  AXES = ("layers", "batch", "cache_seq", "act_kv_heads", "head_dim")
+  AXES = ("layers", "batch", "act_kv_heads", "cache_seq", "head_dim")
 
   @classmethod
   def init(cls, config: ModelConfig, batch: int, max_len: int, dtype=None) -> "KVCache":
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
-    zeros = lambda: constrain(jnp.zeros(shape, dtype), cls.AXES)
+    shape = (batch, config.num_kv_heads, max_len, config.head_dim)
+    if config.unroll_layers:
+      zeros = lambda: tuple(constrain(jnp.zeros(shape, dtype), cls.AXES[1:])
+                            for _ in range(config.num_layers))
+    else:
+      zeros = lambda: constrain(jnp.zeros((config.num_layers, *shape), dtype), cls.AXES)
     return cls(zeros(), zeros(), jnp.zeros((batch, max_len), bool), jnp.zeros((), jnp.int32))
 
 
@@ -70,18 +79,35 @@ def rope(x_bthe, positions_bt, theta: float):
   return x_bthe * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention(q_bthe, k_bske, v_bske, q_slot_t, kv_slot_s, kv_valid_bs):
-  """Causal grouped-query attention: query t sees key s iff s is valid and slot s <= slot t."""
+def attention(q_bthe, blocks):
+  """Grouped-query attention of T queries over one or more blocks of keys, with one softmax
+  over all of them: blocks = [(k [B, K, S, E], v [B, K, S, E], visible [B, T, S] bool), ...].
+
+  Each KV head's G query heads and T queries are folded into one [T * G, E] matrix, so every
+  product is a plain batched matmul over (B, K) with contiguous operands (the form XLA's CPU
+  and GPU matmul libraries take without a transpose). Decoding passes the cache and the new
+  tokens as two blocks, so the cache is read in place rather than copied into one key array.
+  """
   b, t, h, e = q_bthe.shape
-  k = k_bske.shape[2]
-  q = q_bthe.reshape(b, t, k, h // k, e)
-  scores = jnp.einsum("btkge,bske->bkgts", q, k_bske, preferred_element_type=jnp.float32)
-  scores = scores * (e ** -0.5)
-  visible = (kv_slot_s[None, :] <= q_slot_t[:, None])[None] & kv_valid_bs[:, None, :]  # [B, T, S]
-  scores = jnp.where(visible[:, None, None], scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
-  out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
-  return out.reshape(b, t, h, e)
+  kh = blocks[0][0].shape[1]
+  g = h // kh
+  q = q_bthe.reshape(b, t, kh, g, e).transpose(0, 2, 1, 3, 4).reshape(b, kh, t * g, e)
+  scores = []
+  for k_bkse, _, visible_bts in blocks:
+    s = jnp.einsum("bkqe,bkse->bkqs", q, k_bkse, preferred_element_type=jnp.float32)
+    s = (s * (e ** -0.5)).reshape(b, kh, t, g, -1)
+    scores.append(jnp.where(visible_bts[:, None, :, None, :], s, _MASK_VALUE))
+  # The shift only keeps exp in range: softmax does not depend on it, so no gradient flows.
+  top = jax.lax.stop_gradient(
+      functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores]))
+  exps = [jnp.exp(s - top) for s in scores]
+  total = functools.reduce(jnp.add, [jnp.sum(x, axis=-1, keepdims=True) for x in exps])
+  out = None
+  for x, (_, v_bkse, _) in zip(exps, blocks):
+    p = (x / total).astype(v_bkse.dtype).reshape(b, kh, t * g, -1)
+    o = jnp.einsum("bkqs,bkse->bkqe", p, v_bkse)
+    out = o if out is None else out + o
+  return out.reshape(b, kh, t, g, e).transpose(0, 2, 1, 3, 4).reshape(b, t, h, e)
 
 
 class Transformer(nnx.Module):
@@ -125,8 +151,11 @@ class Transformer(nnx.Module):
       names += ["bq", "bk", "bv"]
     return {n: getattr(self, n)[...] for n in names}
 
-  def _block(self, h_btd, p, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, cache_kv):
-    """One decoder block. With `cache_kv` = (k, v) [B, S, K, E], new keys are written at q_slot."""
+  def _block(self, h_btd, p, positions_bt, visible_bts, cached):
+    """One decoder block: returns (h, (k, v)) with this block's new keys / values [B, K, T, E].
+
+    visible_bts: which of the T new tokens each new token attends to. cached: None, or
+    (k, v [B, K, S, E], visible [B, T, S]) of the cache, attended to beside the new tokens."""
     c = self.config
     dt = jnp.dtype(c.dtype)
     w = {n: a.astype(dt) for n, a in p.items()}
@@ -137,36 +166,50 @@ class Transformer(nnx.Module):
     if c.attention_bias:
       q, k, v = q + w["bq"], k + w["bk"], v + w["bv"]
     q = constrain(rope(q, positions_bt, c.rope_theta), ("batch", "seq", "act_heads", "head_dim"))
-    k = constrain(rope(k, positions_bt, c.rope_theta), ("batch", "seq", "act_kv_heads", "head_dim"))
-    v = constrain(v, ("batch", "seq", "act_kv_heads", "head_dim"))
-    if cache_kv is not None:
-      start = (0, q_slot_t[0], 0, 0)
-      k = jax.lax.dynamic_update_slice(cache_kv[0], k.astype(cache_kv[0].dtype), start)
-      v = jax.lax.dynamic_update_slice(cache_kv[1], v.astype(cache_kv[1].dtype), start)
-      cache_kv = (k, v)
-    out = attention(q, k.astype(dt), v.astype(dt), q_slot_t, kv_slot_s, kv_valid_bs)
+    kv_axes = ("batch", "act_kv_heads", "seq", "head_dim")
+    k = constrain(rope(k, positions_bt, c.rope_theta).transpose(0, 2, 1, 3), kv_axes)
+    v = constrain(v.transpose(0, 2, 1, 3), kv_axes)
+    blocks = [(k, v, visible_bts)]
+    if cached is not None:
+      ck, cv, cvis = cached
+      blocks.insert(0, (ck.astype(dt), cv.astype(dt), cvis))
+    out = attention(q, blocks)
     h_btd = h_btd + jnp.einsum("bthe,hed->btd", out, w["wo"])
     h_btd = constrain(h_btd, ("batch", "seq", "act_embed"))
     x = rms_norm(h_btd, w["mlp_norm"], c.rms_norm_eps)
     gate = constrain(jnp.einsum("btd,df->btf", x, w["w_gate"]), ("batch", "seq", "act_mlp"))
     up = constrain(jnp.einsum("btd,df->btf", x, w["w_up"]), ("batch", "seq", "act_mlp"))
     h_btd = h_btd + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, w["w_down"])
-    return constrain(h_btd, ("batch", "seq", "act_embed")), cache_kv
+    return constrain(h_btd, ("batch", "seq", "act_embed")), (k, v)
 
-  def _trunk(self, tokens_bt, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, cache=None):
-    """Embedding, the scanned blocks and the final norm: hidden states [B, T, D]."""
+  def _trunk(self, tokens_bt, positions_bt, visible_bts, cache=None, cache_visible_bts=None,
+             return_kv: bool = False):
+    """Embedding, the scanned blocks and the final norm: (hidden states [B, T, D], the new
+    tokens' keys and values [L, B, K, T, E] (per layer when unrolled) with a cache or
+    `return_kv`, else None)."""
+    return_kv = return_kv or cache is not None
     c = self.config
     h = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.dtype)
     h = constrain(h, ("batch", "seq", "act_embed"))
 
     def body(h, xs):
       p, kv = xs
-      return self._block(h, p, positions_bt, q_slot_t, kv_slot_s, kv_valid_bs, kv)
+      cached = None if kv is None else (kv[0], kv[1], cache_visible_bts)
+      h, new_kv = self._block(h, p, positions_bt, visible_bts, cached)
+      return h, (new_kv if return_kv else None)
 
     if c.remat != "none":
       body = jax.checkpoint(body, policy=_REMAT[c.remat], prevent_cse=False)
-    kv_in = None if cache is None else (cache.k, cache.v)
-    h, kv_out = jax.lax.scan(body, h, (self._layer_params(), kv_in))
+    params = self._layer_params()
+    if not c.unroll_layers:
+      h, kv_out = jax.lax.scan(body, h, (params, None if cache is None else (cache.k, cache.v)))
+    else:  # the cache is per layer already; the new keys / values stay per layer too
+      outs = []
+      for layer in range(c.num_layers):
+        kv = None if cache is None else (cache.k[layer], cache.v[layer])
+        h, out = body(h, ({n: a[layer] for n, a in params.items()}, kv))
+        outs.append(out)
+      kv_out = (tuple(o[0] for o in outs), tuple(o[1] for o in outs)) if return_kv else None
     return rms_norm(h, self.final_norm[...], c.rms_norm_eps), kv_out
 
   def _unembed(self):
@@ -183,11 +226,9 @@ class Transformer(nnx.Module):
     attention_mask_bt: 1 for real tokens, 0 for padding; padding is never attended to.
     """
     b, t = tokens_bt.shape
-    slots = jnp.arange(t, dtype=jnp.int32)
     if positions_bt is None:
-      positions_bt = jnp.broadcast_to(slots, (b, t))
-    valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
-    h, _ = self._trunk(tokens_bt, positions_bt, slots, slots, valid)
+      positions_bt = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    h, _ = self._trunk(tokens_bt, positions_bt, _causal(attention_mask_bt, b, t))
     return h
 
   def __call__(self, tokens_bt, positions_bt=None, attention_mask_bt=None):
@@ -228,21 +269,62 @@ class Transformer(nnx.Module):
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
     return (unchunk(lp), unchunk(ent)) if with_entropy else unchunk(lp)
 
-  def decode(self, tokens_bt, positions_bt, cache: KVCache, attention_mask_bt=None):
+  def decode(self, tokens_bt, positions_bt, cache: KVCache, attention_mask_bt=None,
+             last_only: bool = False):
     """Runs T new tokens against the cache (prefill when T > 1, one step when T == 1).
 
     Writes their keys/values at slots [cache.index, cache.index + T) and returns fp32 logits
-    [B, T, V] and the updated cache. Padding tokens (attention_mask 0) are stored as invalid.
+    [B, T, V] (with `last_only`, [B, 1, V] of the last position: a sampler needs no more) and
+    the updated cache. Padding tokens (attention_mask 0) are stored as invalid. The cache is
+    read in place by every block; only the T new slots are written, once, after the blocks.
     """
     b, t = tokens_bt.shape
-    s = cache.valid.shape[1]
-    q_slot = cache.index + jnp.arange(t, dtype=jnp.int32)
-    new_valid = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
-    valid = jax.lax.dynamic_update_slice(cache.valid, new_valid, (0, cache.index))
-    h, (k, v) = self._trunk(tokens_bt, positions_bt, q_slot, jnp.arange(s, dtype=jnp.int32),
-                            valid, cache)
-    logits = jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)
-    return logits, KVCache(k, v, valid, cache.index + t)
+    new_valid = _mask(attention_mask_bt, b, t)
+    # Slots at or after cache.index are not yet valid, so the cache block needs no causal part.
+    cache_visible = jnp.broadcast_to(cache.valid[:, None, :], (b, t, cache.valid.shape[1]))
+    h, (k, v) = self._trunk(tokens_bt, positions_bt, _causal(new_valid, b, t), cache,
+                            cache_visible)
+    return self._logits(h, last_only), _write(cache, k, v, new_valid)
+
+  def _logits(self, h_btd, last_only: bool):
+    h = h_btd[:, -1:] if last_only else h_btd
+    return jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)
+
+  def prefill(self, tokens_bt, positions_bt, max_len: int, attention_mask_bt=None,
+              last_only: bool = False):
+    """`decode` of T tokens into a new, empty cache of max_len slots, without reading it."""
+    b, t = tokens_bt.shape
+    new_valid = _mask(attention_mask_bt, b, t)
+    h, (k, v) = self._trunk(tokens_bt, positions_bt, _causal(new_valid, b, t), return_kv=True)
+    return self._logits(h, last_only), _write(KVCache.init(self.config, b, max_len), k, v,
+                                              new_valid)
+
+
+def _write(cache: KVCache, k, v, valid_bt) -> KVCache:
+  """The cache with T new slots written at cache.index: k, v [L, B, K, T, E] (or per layer,
+  like the cache), valid [B, T]."""
+  def put(old, new):
+    if isinstance(old, tuple):
+      return tuple(put(o, n) for o, n in zip(old, new))
+    start = (0,) * (old.ndim - 2) + (cache.index, 0)
+    return jax.lax.dynamic_update_slice(old, new.astype(old.dtype), start)
+
+  return KVCache(put(cache.k, k), put(cache.v, v),
+                 jax.lax.dynamic_update_slice(cache.valid, valid_bt, (0, cache.index)),
+                 cache.index + valid_bt.shape[1])
+
+
+def _mask(attention_mask_bt, b: int, t: int):
+  """[B, T] bool: real tokens (all of them without a mask)."""
+  return jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
+
+
+def _causal(attention_mask_bt, b: int, t: int):
+  """[B, T, T] visibility of a causal forward: query t sees key s <= t unless s is padding."""
+  tril = jnp.tril(jnp.ones((t, t), bool))[None]
+  if attention_mask_bt is None:
+    return jnp.broadcast_to(tril, (b, t, t))
+  return tril & attention_mask_bt.astype(bool)[:, None, :]
 
 
 # -- functional API: pure functions of (graphdef, state), for jax.jit ---------------------------
@@ -259,9 +341,11 @@ def token_logprobs(graphdef, state, tokens_bt, targets_bt, positions_bt=None,
   return model.token_logprobs(tokens_bt, targets_bt, positions_bt, attention_mask_bt, with_entropy)
 
 
-def decode(graphdef, state, tokens_bt, positions_bt, cache, attention_mask_bt=None):
+def decode(graphdef, state, tokens_bt, positions_bt, cache, attention_mask_bt=None,
+           last_only: bool = False):
   """(logits [B, T, V], cache); see Transformer.decode."""
-  return nnx.merge(graphdef, state).decode(tokens_bt, positions_bt, cache, attention_mask_bt)
+  return nnx.merge(graphdef, state).decode(tokens_bt, positions_bt, cache, attention_mask_bt,
+                                           last_only)
 
 
 def abstract_model(config: ModelConfig) -> Transformer:
