@@ -152,3 +152,28 @@ def test_bad_sampling_params():
     SamplingParams(top_p=0)
   with pytest.raises(ValueError, match="empty stop"):
     SamplingParams(stop=((),))
+
+
+def _nucleus_reference(scaled, top_p):
+  """Kept-token mask of the sort-based definition: the smallest prefix of the tokens sorted by
+  probability whose mass reaches top_p."""
+  probs = np.exp(scaled - scaled.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  keep = np.zeros(scaled.shape, bool)
+  for r in range(scaled.shape[0]):
+    order = np.argsort(-scaled[r], kind="stable")
+    before = np.cumsum(probs[r, order]) - probs[r, order]
+    smallest = scaled[r, order][before < top_p].min()
+    keep[r] = scaled[r] >= smallest
+  return keep
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0, 12.0])  # flat, medium and peaked rows
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.999])
+def test_nucleus_matches_the_sorted_definition(scale, top_p):
+  r = np.random.RandomState(int(scale * 10 + top_p * 1000))
+  logits = (r.randn(6, 8192) * scale).astype(np.float32)
+  logits[0, :4000] = logits[0, 4000:8000]  # ties
+  logits[1, 17] = -np.inf  # a banned token
+  got = np.isfinite(np.asarray(filter_logits(jnp.asarray(logits), 1.0, top_p, 0)))
+  np.testing.assert_array_equal(got, _nucleus_reference(logits.astype(np.float64), top_p))

@@ -15,7 +15,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from autocode_jax.models.transformer import KVCache
 from autocode_jax.rollout.engine import Completion, SamplingParams
 
 _PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -46,49 +45,72 @@ def _largest_threshold(pred, lo_b1, hi_b1, iters: int = 40):
   return jnp.where(pred(hi), hi, lo)
 
 
+def nucleus_min(scaled_bv, top_p, lo_b1, hi_b1, max_iters: int = 40):
+  """Per row, the smallest logit of the top-p nucleus: the largest t with
+  mass{scaled >= t} >= top_p, by bisection over [lo, hi] (the row's finite min and max).
+
+  It stops as soon as no row has a logit strictly between its lo and hi: the nucleus is then
+  exactly {scaled >= lo} (its smallest logit lies in [lo, hi), and none lies inside), so a flat
+  8K-token distribution takes ~15 halvings and a peaked one a handful, not all 40; each halving
+  is one pass over the logits (the mass at the midpoint and the counts of logits on either
+  side of it together). A row whose most likely token alone holds top_p keeps just that token.
+  """
+  probs = jax.nn.softmax(scaled_bv, axis=-1)
+
+  def mass_at_least(t):
+    return jnp.sum(jnp.where(scaled_bv >= t, probs, 0.0), -1, keepdims=True)
+
+  done_b1 = mass_at_least(hi_b1) >= top_p
+
+  def cond(c):
+    i, _, _, open_ = c
+    return (i < max_iters) & open_
+
+  def body(c):
+    i, lo, hi, _ = c
+    mid = 0.5 * (lo + hi)
+    ge = scaled_bv >= mid
+    # One variadic reduction, so one pass: the mass at mid, the logits in (lo, mid), (mid, hi).
+    mass, below, above = jax.lax.reduce(
+        (jnp.where(ge, probs, 0.0), ((scaled_bv > lo) & ~ge).astype(jnp.int32),
+         ((scaled_bv > mid) & (scaled_bv < hi)).astype(jnp.int32)),
+        (jnp.float32(0), jnp.int32(0), jnp.int32(0)),
+        lambda x, y: (x[0] + y[0], x[1] + y[1], x[2] + y[2]), (1,))
+    ok = (mass >= top_p)[:, None]
+    lo, hi = jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
+    inside = jnp.where(ok, above[:, None], below[:, None]) > 0
+    return i + 1, lo, hi, jnp.any(inside & ~done_b1)
+
+  _, lo, hi, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), lo_b1, hi_b1, ~jnp.all(done_b1)))
+  return jnp.where(done_b1 | (mass_at_least(hi) >= top_p), hi, lo)
+
+
 def filter_logits(logits_bv, temperature, top_p, top_k, candidates: int = 256):
   """Logits of the sampling distribution: divided by temperature, then the top-k and the
   smallest top-p nucleus kept (the most likely token always survives); others -inf.
 
-  No full sort (XLA's CPU sort of a 150K vocabulary costs ~1 s per step): the top `candidates`
-  logits give the k-th largest logit and the nucleus exactly whenever k <= candidates and the
-  candidates hold top_p of the mass (peaked distributions); otherwise the thresholds come from
-  bisection: the k-th largest logit is the largest t with #{logits >= t} >= k, the nucleus's
-  smallest logit the largest t with mass{logits >= t} >= top_p.
+  No full sort (XLA's CPU sort of a 150K vocabulary costs ~1 s per step) and no top-k pass
+  unless top_k is set: the k-th largest logit comes from the top `candidates` logits when
+  k <= candidates, else from bisection (the largest t with #{logits >= t} >= k); the nucleus
+  from `nucleus_min`.
   """
   v = logits_bv.shape[-1]
   c = min(candidates, v)
   scaled = logits_bv / jnp.maximum(temperature, 1e-6)
   lo = jnp.min(jnp.where(jnp.isfinite(scaled), scaled, jnp.inf), axis=-1, keepdims=True)
   hi = jnp.max(scaled, axis=-1, keepdims=True)
-  cand = jax.lax.top_k(scaled, c)[0]  # [B, C], descending
   k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
 
   def kth_exact():
+    cand = jax.lax.top_k(scaled, c)[0]  # [B, C], descending
     return jnp.take_along_axis(cand, jnp.full((cand.shape[0], 1), jnp.minimum(k, c) - 1), -1)
 
   def kth_bisect():
     return _largest_threshold(lambda t: jnp.sum(scaled >= t, -1, keepdims=True) >= k, lo, hi)
 
   kth = jax.lax.cond(top_k > 0, lambda: jax.lax.cond(k <= c, kth_exact, kth_bisect), lambda: lo)
-
-  def nucleus():
-    logz = jax.nn.logsumexp(scaled, axis=-1, keepdims=True)
-    p_cand = jnp.exp(cand - logz)
-    before = jnp.cumsum(p_cand, axis=-1) - p_cand  # mass strictly above each candidate
-    exact = jnp.min(jnp.where(before < top_p, cand, jnp.inf), axis=-1, keepdims=True)
-    covered = jnp.sum(p_cand, axis=-1, keepdims=True) >= top_p
-
-    def bisect():
-      probs = jnp.exp(scaled - logz)
-      return _largest_threshold(
-          lambda t: jnp.sum(jnp.where(scaled >= t, probs, 0.0), -1, keepdims=True) >= top_p,
-          lo, hi)
-
-    return jnp.where(covered, exact, jax.lax.cond(jnp.all(covered), lambda: exact, bisect))
-
-  nucleus_min = jax.lax.cond(top_p < 1, nucleus, lambda: lo)
-  keep = (scaled >= kth) & (scaled >= nucleus_min)
+  top = jax.lax.cond(top_p < 1, lambda: nucleus_min(scaled, top_p, lo, hi), lambda: lo)
+  keep = (scaled >= kth) & (scaled >= top)
   return jnp.where(keep, scaled, -jnp.inf)
 
 
@@ -147,8 +169,7 @@ class JaxSampler:
     model = nnx.merge(self.graphdef, state)
     b, p = tokens_bp.shape
     positions = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
-    cache = KVCache.init(self.config, b, p + max_new)
-    logits, cache = model.decode(tokens_bp, positions, cache, mask_bp)
+    logits, cache = model.prefill(tokens_bp, positions, p + max_new, mask_bp, last_only=True)
     last = logits[:, -1]
     next_pos = positions[:, -1] + 1
     out = jnp.full((b, max_new), self.pad_id, jnp.int32)
@@ -174,7 +195,7 @@ class JaxSampler:
       reason = jnp.where(is_eos, 1, jnp.where(is_stop, 2, reason))
       length = jnp.where(done, length, i + 1)
       done = done | is_eos | is_stop
-      logits, cache = model.decode(tok[:, None], pos[:, None], cache)
+      logits, cache = model.decode(tok[:, None], pos[:, None], cache, last_only=True)
       return i + 1, cache, logits[:, -1], out, lps, done, reason, length, pos + 1
 
     _, _, _, out, lps, _, reason, length, _ = jax.lax.while_loop(
