@@ -216,8 +216,14 @@ def init_train_state(params: nnx.State, optimizer, mesh=None, rules=None):
   """(state, state shardings). With a mesh, parameters follow the logical rules and the
   optimizer's parameter-shaped states follow their parameters; counters are replicated."""
   if mesh is None:
-    opt_state = optimizer.init(params)
-    return TrainState(jnp.int32(0), jnp.int32(0), params, opt_state), None
+    state = TrainState(jnp.int32(0), jnp.int32(0), params, optimizer.init(params))
+    # One placement for every leaf: with loaded (committed) parameters beside new (uncommitted)
+    # counters and moments, the step's outputs, all committed, would miss the first call's
+    # compilation and compile the step again on the second call.
+    committed = [x for x in jax.tree.leaves(params) if getattr(x, "committed", False)]
+    if committed:
+      state = jax.device_put(state, committed[0].sharding)
+    return state, None
   param_sh = sharding_lib.state_shardings(params, mesh, rules or sharding_lib.LOGICAL_RULES)
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(optimizer.init, params)
