@@ -4,9 +4,11 @@ XLA packs a program's temporaries into one buffer per execution. On the CPU back
 (180 MB for a train step of the demo's 2-layer model, batch 32 x 128) is allocated and freed on
 every call, and glibc serves any allocation above 32 MB with a fresh mmap and returns it with
 munmap, so every step faults the whole buffer in again page by page: measured on 2 cores, 45,000
-page faults and 100 ms of kernel time per 160 ms step. With mmap off, one arena and a 1 GiB trim
-threshold, freed memory stays in the heap for the next call (2,200 faults, 10 ms; the step
-takes 100-115 ms), at the cost of the process holding its peak heap until it exits.
+page faults and 100 ms of kernel time per 160 ms step. With mmap off, one arena and the largest
+trim threshold mallopt takes (2 GiB; at 1 GiB, a torch step between two of ours left a top chunk
+big enough to be trimmed, and our next step faulted 130,000 pages in again), freed memory stays
+in the heap for the next call (2,200 faults, 10 ms; the step takes 100-115 ms), at the cost of
+the process holding its peak heap until it exits.
 
 The settings are glibc's `mallopt`, applied at run time; they only take hold before other
 threads allocate, so call this before importing numpy, torch or jax. It does nothing where an
@@ -39,7 +41,7 @@ def _accelerator_plugin() -> str | None:
   return None
 
 
-def keep_freed_memory(trim_threshold: int = 1 << 30) -> bool:
+def keep_freed_memory(trim_threshold: int = 2**31 - 1) -> bool:
   """Keeps freed host memory for reuse (see the module docstring). True if applied."""
   if os.environ.get(ENV, "") == "default" or not sys.platform.startswith("linux"):
     return False

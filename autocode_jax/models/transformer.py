@@ -3,8 +3,8 @@
 Per-layer weights are stacked on a leading `layers` axis and the blocks run under `jax.lax.scan`,
 so a 28-layer 7B model compiles as fast as a 1-layer one and remat applies per block; models of
 a few layers run them unrolled instead (`ModelConfig.layer_loop`), which is faster on a CPU. The
-module is meant to be used functionally: `graphdef, state = nnx.split(model)` once, then the pure functions
-at the bottom of this file (`forward`, `token_logprobs`, `decode`) under `jax.jit`.
+module is meant to be used functionally: `graphdef, state = nnx.split(model)` once, then the pure
+functions at the bottom of this file (`forward`, `token_logprobs`, `decode`) under `jax.jit`.
 
 Letters in shapes: B batch, T query length, S key length (cache slots), D hidden, H query heads,
 K key/value heads, G = H // K, E head dim, F MLP width, V vocab, L layers.
@@ -243,7 +243,7 @@ class Transformer(nnx.Module):
     entropy of each position's next-token distribution, fp32 [B, T].
 
     The vocabulary projection and log-softmax run over `config.logprob_chunk` positions at a time
-    under remat, so neither the forward nor the backward pass holds fp32 [B, T, V] logits.
+    (several chunks under remat), so no pass holds more than [B, chunk, V] fp32 logits.
     """
     h = self.hidden_states(tokens_bt, positions_bt, attention_mask_bt)
     b, t, d = h.shape
@@ -254,7 +254,6 @@ class Transformer(nnx.Module):
     tgt = jnp.pad(targets_bt, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
     w = self._unembed()
 
-    @jax.checkpoint
     def one_chunk(h_bcd, tgt_bc):
       logits = jnp.einsum("bcd,dv->bcv", h_bcd, w, preferred_element_type=jnp.float32)
       logits = constrain(logits, ("batch", "seq", "act_vocab"))
@@ -265,7 +264,11 @@ class Transformer(nnx.Module):
       probs = jnp.exp(logits - lse[..., None])
       return picked, lse - jnp.sum(probs * logits, axis=-1)
 
-    _, (lp, ent) = jax.lax.scan(lambda _, xs: (None, one_chunk(*xs)), None, (h, tgt))
+    if n == 1:  # one chunk: its logits are all there is to hold, and recomputing them buys nothing
+      lp, ent = jax.tree.map(lambda x: x[None], one_chunk(h[0], tgt[0]))
+    else:
+      chunked = jax.checkpoint(one_chunk)
+      _, (lp, ent) = jax.lax.scan(lambda _, xs: (None, chunked(*xs)), None, (h, tgt))
     unchunk = lambda x: x.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
     return (unchunk(lp), unchunk(ent)) if with_entropy else unchunk(lp)
 
