@@ -5,13 +5,14 @@ numpy batches into global arrays (the same code on one host or many)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from autocode_jax.models import config as config_lib
 from autocode_jax.models.hf import from_pretrained
@@ -37,6 +38,15 @@ def model_config(cfg, tokenizer) -> config_lib.ModelConfig:
   mc = config_lib.preset(cfg.model_preset, **settings)
   vocab = max(mc.vocab_size, -(-tokenizer.vocab_size // 128) * 128)
   return mc.replace(vocab_size=vocab, eos_token_id=tokenizer.eos_token_id)
+
+
+# Jitted once for all policies (a compiled program per model structure, mesh and batch shape, so
+# the phases of a demo, each with its own Policy, share them); the output replicated over the
+# mesh set around the call.
+@functools.partial(jax.jit, static_argnums=0, out_shardings=PartitionSpec())
+def _behaviour_logprobs(graphdef, params, tokens, mask):
+  lp = token_logprobs(graphdef, params, tokens[:, :-1], tokens[:, 1:], None, mask[:, :-1])
+  return jnp.pad(lp, ((0, 0), (1, 0)))  # aligned with tokens
 
 
 @dataclasses.dataclass
@@ -67,7 +77,6 @@ class Policy:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy = cls(cfg, mc, mesh, graphdef, state, shardings, optimizer, schedule, pad)
     policy._steps = {}
-    policy._logprob_fn = None
     return policy
 
   @property
@@ -123,21 +132,6 @@ class Policy:
   def behaviour_logprobs(self, records: list[dict]) -> list[np.ndarray]:
     """log pi(y_t | x, y<t) of every response token of every record, under the current
     parameters in the trainer's numerics; [R_i] float32 per record."""
-    if self._logprob_fn is None:
-      replicated = NamedSharding(self.mesh, PartitionSpec())
-
-      def fn(params, tokens, mask):
-        lp = token_logprobs(self.graphdef, params, tokens[:, :-1], tokens[:, 1:], None,
-                            mask[:, :-1])
-        return jnp.pad(lp, ((0, 0), (1, 0)))  # aligned with tokens
-
-      jitted = jax.jit(fn, out_shardings=replicated)
-
-      def run(params, tokens, mask):
-        with jax.set_mesh(self.mesh):
-          return jitted(params, tokens, mask)
-
-      self._logprob_fn = run
     n = self.cfg.logprob_batch_size
     out = []
     for start in range(0, len(records), n):
@@ -145,7 +139,9 @@ class Policy:
       padded = chunk + [chunk[-1]] * (n - len(chunk))
       batch = collate(padded, [0.0] * n, self.pad_id, self.cfg.length_multiple)
       g = self.to_global({"tokens": batch["tokens"], "mask": batch["attention_mask"]})
-      lp = local_value(self._logprob_fn(self.state.params, g["tokens"], g["mask"]))
+      with jax.set_mesh(self.mesh):
+        lp = local_value(_behaviour_logprobs(self.graphdef, self.state.params, g["tokens"],
+                                             g["mask"]))
       for i, r in enumerate(chunk):
         p, m = len(r["prompt_ids"]), len(r["token_ids"])
         out.append(lp[i, p:p + m].astype(np.float32))

@@ -8,6 +8,7 @@ exits as soon as every row is done.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -148,6 +149,53 @@ def stop_hit(out_bm, length_b, stops_sl, stop_lens_s):
   return jnp.any(jnp.all(match, axis=-1) & long_enough, axis=-1)
 
 
+_TRACES = 0  # generation programs traced, all samplers together
+
+
+# One program per (model structure, pad id, buckets), shared by every sampler: a run that builds
+# a new sampler per phase (the demo: warm start, EM, RL, SFT) compiles each shape once.
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("max_new",))
+def _generate(graphdef, pad_id, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, banned_v,
+              keys_b, temperature, top_p, top_k, max_tokens, live_b, *, max_new):
+  global _TRACES
+  _TRACES += 1
+  model = nnx.merge(graphdef, state)
+  b, p = tokens_bp.shape
+  positions = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
+  logits, cache = model.prefill(tokens_bp, positions, p + max_new, mask_bp, last_only=True)
+  last = logits[:, -1]
+  next_pos = positions[:, -1] + 1
+  out = jnp.full((b, max_new), pad_id, jnp.int32)
+  lps = jnp.zeros((b, max_new), jnp.float32)
+  done = ~live_b
+  reason = jnp.zeros((b,), jnp.int32)
+  length = jnp.zeros((b,), jnp.int32)
+
+  def cond(c):
+    i, _, _, _, _, done, _, _, _ = c
+    return (i < max_tokens) & ~jnp.all(done)
+
+  def body(c):
+    i, cache, last, out, lps, done, reason, length, pos = c
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_b)
+    tok = sample_tokens(jnp.where(banned_v, -jnp.inf, last), step_keys, temperature, top_p, top_k)
+    tok = jnp.where(done, pad_id, tok)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(last), tok[:, None], 1)[:, 0]
+    out = out.at[:, i].set(tok)
+    lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
+    is_eos = jnp.any(tok[:, None] == eos_e[None, :], axis=-1) & ~done
+    is_stop = stop_hit(out, jnp.full((b,), i + 1), stops_sl, stop_lens_s) & ~done & ~is_eos
+    reason = jnp.where(is_eos, 1, jnp.where(is_stop, 2, reason))
+    length = jnp.where(done, length, i + 1)
+    done = done | is_eos | is_stop
+    logits, cache = model.decode(tok[:, None], pos[:, None], cache, last_only=True)
+    return i + 1, cache, logits[:, -1], out, lps, done, reason, length, pos + 1
+
+  _, _, _, out, lps, _, reason, length, _ = jax.lax.while_loop(
+      cond, body, (jnp.int32(0), cache, last, out, lps, done, reason, length, next_pos))
+  return out, lps, reason, length
+
+
 class JaxSampler:
   """Rollouts on the Flax model. `update(state)` swaps in new weights (same structure)."""
 
@@ -157,50 +205,14 @@ class JaxSampler:
     self.config = model.config
     self.mesh, self.pad_id = mesh, pad_id
     self.prompt_buckets, self.min_batch = tuple(prompt_buckets), min_batch
-    self.traces = 0  # how often the generation program was traced (tests check reuse)
-    self._run = jax.jit(self._generate, static_argnames=("max_new",))
+
+  @property
+  def traces(self) -> int:
+    """How often generation programs were traced, by all samplers (tests check reuse)."""
+    return _TRACES
 
   def update(self, state) -> None:
     self.state = state
-
-  def _generate(self, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, banned_v, keys_b,
-                temperature, top_p, top_k, max_tokens, live_b, *, max_new):
-    self.traces += 1
-    model = nnx.merge(self.graphdef, state)
-    b, p = tokens_bp.shape
-    positions = jnp.maximum(jnp.cumsum(mask_bp, axis=1) - 1, 0)
-    logits, cache = model.prefill(tokens_bp, positions, p + max_new, mask_bp, last_only=True)
-    last = logits[:, -1]
-    next_pos = positions[:, -1] + 1
-    out = jnp.full((b, max_new), self.pad_id, jnp.int32)
-    lps = jnp.zeros((b, max_new), jnp.float32)
-    done = ~live_b
-    reason = jnp.zeros((b,), jnp.int32)
-    length = jnp.zeros((b,), jnp.int32)
-
-    def cond(c):
-      i, _, _, _, _, done, _, _, _ = c
-      return (i < max_tokens) & ~jnp.all(done)
-
-    def body(c):
-      i, cache, last, out, lps, done, reason, length, pos = c
-      step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_b)
-      tok = sample_tokens(jnp.where(banned_v, -jnp.inf, last), step_keys, temperature, top_p, top_k)
-      tok = jnp.where(done, self.pad_id, tok)
-      lp = jnp.take_along_axis(jax.nn.log_softmax(last), tok[:, None], 1)[:, 0]
-      out = out.at[:, i].set(tok)
-      lps = lps.at[:, i].set(jnp.where(done, 0.0, lp))
-      is_eos = jnp.any(tok[:, None] == eos_e[None, :], axis=-1) & ~done
-      is_stop = stop_hit(out, jnp.full((b,), i + 1), stops_sl, stop_lens_s) & ~done & ~is_eos
-      reason = jnp.where(is_eos, 1, jnp.where(is_stop, 2, reason))
-      length = jnp.where(done, length, i + 1)
-      done = done | is_eos | is_stop
-      logits, cache = model.decode(tok[:, None], pos[:, None], cache, last_only=True)
-      return i + 1, cache, logits[:, -1], out, lps, done, reason, length, pos + 1
-
-    _, _, _, out, lps, _, reason, length, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(0), cache, last, out, lps, done, reason, length, next_pos))
-    return out, lps, reason, length
 
   def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                seeds: Sequence[int] | None = None) -> list[list[Completion]]:
@@ -237,14 +249,14 @@ class JaxSampler:
     row_seeds[:len(rows)] = np.repeat(np.asarray(prompt_seeds, np.int64) % 2**32, params.n)
     keys = _row_keys(row_seeds, np.arange(b, dtype=np.int32) % params.n)
     max_new = _pow2(params.max_tokens, 16)
-    args = (self.state, tokens, mask, stops, stop_lens, eos, banned, keys,
-            jnp.float32(params.temperature), jnp.float32(params.top_p), jnp.int32(params.top_k),
+    args = (self.graphdef, self.pad_id, self.state, tokens, mask, stops, stop_lens, eos, banned,
+            keys, jnp.float32(params.temperature), jnp.float32(params.top_p), jnp.int32(params.top_k),
             jnp.int32(params.max_tokens), live)
     if self.mesh is not None:
       with jax.set_mesh(self.mesh):
-        out, lps, reason, length = self._run(*args, max_new=max_new)
+        out, lps, reason, length = _generate(*args, max_new=max_new)
     else:
-      out, lps, reason, length = self._run(*args, max_new=max_new)
+      out, lps, reason, length = _generate(*args, max_new=max_new)
     out, lps, reason, length = (np.asarray(x) for x in (out, lps, reason, length))
     results: list[list[Completion]] = []
     for i in range(len(rows)):
