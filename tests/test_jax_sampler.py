@@ -58,6 +58,19 @@ def test_sampled_frequencies_match_the_top_p_softmax():
   assert chi2 < 16.27, (chi2, counts)  # chi-square, 3 degrees of freedom, p = 0.001
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_static_greedy_flag_draws_what_the_device_choice_draws(temperature):
+  logits = jax.random.normal(jax.random.PRNGKey(1), (16, 64)) * 3
+  keys = jax.random.split(jax.random.PRNGKey(2), 16)
+  on_device = sample_tokens(logits, keys, temperature, 0.9, 0)
+  static = sample_tokens(logits, keys, temperature, 0.9, 0, greedy=temperature == 0)
+  np.testing.assert_array_equal(np.asarray(static), np.asarray(on_device))
+  if temperature == 0:
+    np.testing.assert_array_equal(np.asarray(static), np.argmax(np.asarray(logits), -1))
+  else:  # a draw, not the argmax everywhere
+    assert (np.asarray(static) != np.argmax(np.asarray(logits), -1)).any()
+
+
 def test_top_k_and_temperature_filtering():
   logits = jnp.array([[3.0, 2.0, 1.0, 0.0]])
   kept = np.isfinite(np.asarray(filter_logits(logits, 1.0, 1.0, 2)))

@@ -115,9 +115,10 @@ def filter_logits(logits_bv, temperature, top_p, top_k, candidates: int = 256):
   return jnp.where(keep, scaled, -jnp.inf)
 
 
-def sample_tokens(logits_bv, keys_b, temperature, top_p, top_k):
+def sample_tokens(logits_bv, keys_b, temperature, top_p, top_k, greedy: bool | None = None):
   """Next tokens [B]: argmax when temperature == 0, else a draw from filter_logits, row b with
-  its own key keys_b[b] (so a row's draws do not depend on the other rows)."""
+  its own key keys_b[b] (so a row's draws do not depend on the other rows). `greedy` (static)
+  says which in advance, so the program holds one of the two; None decides on device."""
   def draw():
     # Inverse CDF, one uniform per row: a third of the cost of Gumbel-max over 150K logits.
     # The first index whose CDF exceeds u * total always has positive probability.
@@ -126,8 +127,10 @@ def sample_tokens(logits_bv, keys_b, temperature, top_p, top_k):
     u = jax.vmap(jax.random.uniform)(keys_b)[:, None] * cdf[:, -1:]
     return jnp.minimum(jnp.sum(cdf <= u, axis=-1), probs.shape[-1] - 1).astype(jnp.int32)
 
-  greedy = lambda: jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-  return jax.lax.cond(temperature == 0, greedy, draw)
+  greedy_tokens = lambda: jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  if greedy is not None:
+    return greedy_tokens() if greedy else draw()
+  return jax.lax.cond(temperature == 0, greedy_tokens, draw)
 
 
 @jax.jit
@@ -154,9 +157,9 @@ _TRACES = 0  # generation programs traced, all samplers together
 
 # One program per (model structure, pad id, buckets), shared by every sampler: a run that builds
 # a new sampler per phase (the demo: warm start, EM, RL, SFT) compiles each shape once.
-@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("max_new",))
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("max_new", "greedy"))
 def _generate(graphdef, pad_id, state, tokens_bp, mask_bp, stops_sl, stop_lens_s, eos_e, banned_v,
-              keys_b, temperature, top_p, top_k, max_tokens, live_b, *, max_new):
+              keys_b, temperature, top_p, top_k, max_tokens, live_b, *, max_new, greedy):
   global _TRACES
   _TRACES += 1
   model = nnx.merge(graphdef, state)
@@ -178,7 +181,8 @@ def _generate(graphdef, pad_id, state, tokens_bp, mask_bp, stops_sl, stop_lens_s
   def body(c):
     i, cache, last, out, lps, done, reason, length, pos = c
     step_keys = jax.vmap(lambda k: jax.random.fold_in(k, i))(keys_b)
-    tok = sample_tokens(jnp.where(banned_v, -jnp.inf, last), step_keys, temperature, top_p, top_k)
+    tok = sample_tokens(jnp.where(banned_v, -jnp.inf, last), step_keys, temperature, top_p, top_k,
+                        greedy)
     tok = jnp.where(done, pad_id, tok)
     lp = jnp.take_along_axis(jax.nn.log_softmax(last), tok[:, None], 1)[:, 0]
     out = out.at[:, i].set(tok)
@@ -249,14 +253,15 @@ class JaxSampler:
     row_seeds[:len(rows)] = np.repeat(np.asarray(prompt_seeds, np.int64) % 2**32, params.n)
     keys = _row_keys(row_seeds, np.arange(b, dtype=np.int32) % params.n)
     max_new = _pow2(params.max_tokens, 16)
+    greedy = bool(params.temperature == 0)  # greedy programs hold no sampling filter
     args = (self.graphdef, self.pad_id, self.state, tokens, mask, stops, stop_lens, eos, banned,
-            keys, jnp.float32(params.temperature), jnp.float32(params.top_p), jnp.int32(params.top_k),
-            jnp.int32(params.max_tokens), live)
+            keys, jnp.float32(params.temperature), jnp.float32(params.top_p),
+            jnp.int32(params.top_k), jnp.int32(params.max_tokens), live)
     if self.mesh is not None:
       with jax.set_mesh(self.mesh):
-        out, lps, reason, length = _generate(*args, max_new=max_new)
+        out, lps, reason, length = _generate(*args, max_new=max_new, greedy=greedy)
     else:
-      out, lps, reason, length = _generate(*args, max_new=max_new)
+      out, lps, reason, length = _generate(*args, max_new=max_new, greedy=greedy)
     out, lps, reason, length = (np.asarray(x) for x in (out, lps, reason, length))
     results: list[list[Completion]] = []
     for i in range(len(rows)):
