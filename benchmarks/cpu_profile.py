@@ -83,7 +83,7 @@ def main(_):
   from flax import nnx
 
   from autocode_jax.models import from_pretrained, init_model, save_pretrained
-  from autocode_jax.rollout import JaxSampler, SamplingParams
+  from autocode_jax.rollout import JaxSampler, SamplingParams, jax_sampler
   from autocode_jax.training import step as step_lib
   from autocode_jax.training.optimizers import OptimizerConfig, build_optimizer
   t, b = (int(x) for x in _TRAIN.value.split("x"))
@@ -103,14 +103,17 @@ def main(_):
     ps = cpu_peers.prompts(_GEN.value, cpu_peers._PROMPT.value, cpu_peers.SHAPE.vocab_size)
     sp = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=cpu_peers._NEW.value, seed=0)
     captured = {}
-    run = sampler._run
+    run = jax_sampler._generate  # the module's jitted program, which generate() calls
 
     def capture(*args, **kw):
       captured.update(args=args, kw=kw)
       return run(*args, **kw)
 
-    sampler._run = capture
-    sampler.generate(ps, sp)
+    jax_sampler._generate = capture
+    try:
+      sampler.generate(ps, sp)
+    finally:
+      jax_sampler._generate = run
     args, kw = captured["args"], captured["kw"]
     xla_profile(f"ours: generate batch {_GEN.value}, {cpu_peers._NEW.value} new",
                 lambda: run(*args, **kw), run.lower(*args, **kw).compile().as_text(), n=1)
