@@ -102,19 +102,8 @@ def main(_):
     sampler = JaxSampler(from_pretrained(d))
     ps = cpu_peers.prompts(_GEN.value, cpu_peers._PROMPT.value, cpu_peers.SHAPE.vocab_size)
     sp = SamplingParams(temperature=1.0, top_p=0.9, max_tokens=cpu_peers._NEW.value, seed=0)
-    captured = {}
-    run = jax_sampler._generate  # the module's jitted program, which generate() calls
-
-    def capture(*args, **kw):
-      captured.update(args=args, kw=kw)
-      return run(*args, **kw)
-
-    jax_sampler._generate = capture
-    try:
-      sampler.generate(ps, sp)
-    finally:
-      jax_sampler._generate = run
-    args, kw = captured["args"], captured["kw"]
+    args, kw = sampler.program_call(ps, sp)
+    run = jax_sampler._generate
     xla_profile(f"ours: generate batch {_GEN.value}, {cpu_peers._NEW.value} new",
                 lambda: run(*args, **kw), run.lower(*args, **kw).compile().as_text(), n=1)
 

@@ -8,6 +8,7 @@ exits as soon as every row is done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Sequence
 
@@ -218,10 +219,10 @@ class JaxSampler:
   def update(self, state) -> None:
     self.state = state
 
-  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-    """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
-    prompt p's seed is params.seed + p."""
+  def program_call(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                   seeds: Sequence[int] | None = None) -> tuple[tuple, dict]:
+    """The (args, static kwargs) of the generation program `_generate` for these prompts, padded
+    to their buckets (what `generate` runs; benchmarks profile it)."""
     if seeds is not None and len(seeds) != len(prompts):
       raise ValueError(f"JaxSampler.generate: {len(seeds)} seeds for {len(prompts)} prompts")
     rows = [list(p) for p in prompts for _ in range(params.n)]
@@ -257,14 +258,18 @@ class JaxSampler:
     args = (self.graphdef, self.pad_id, self.state, tokens, mask, stops, stop_lens, eos, banned,
             keys, jnp.float32(params.temperature), jnp.float32(params.top_p),
             jnp.int32(params.top_k), jnp.int32(params.max_tokens), live)
-    if self.mesh is not None:
-      with jax.set_mesh(self.mesh):
-        out, lps, reason, length = _generate(*args, max_new=max_new, greedy=greedy)
-    else:
-      out, lps, reason, length = _generate(*args, max_new=max_new, greedy=greedy)
+    return args, {"max_new": max_new, "greedy": greedy}
+
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
+    prompt p's seed is params.seed + p."""
+    args, kw = self.program_call(prompts, params, seeds)
+    with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+      out, lps, reason, length = _generate(*args, **kw)
     out, lps, reason, length = (np.asarray(x) for x in (out, lps, reason, length))
     results: list[list[Completion]] = []
-    for i in range(len(rows)):
+    for i in range(len(prompts) * params.n):
       r, n = int(reason[i]), int(length[i])
       comp = Completion(tuple(int(t) for t in out[i, :n]), tuple(float(x) for x in lps[i, :n]),
                         _REASON[r])
