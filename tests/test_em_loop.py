@@ -201,6 +201,7 @@ def test_every_flagfile_parses(path, monkeypatch):
     demo_lib.check(cfg)
     return
   assert cfg.algorithm in ("em", "rl", "sft")
+  assert (cfg.loss.ce_coef == 0) == (cfg.algorithm == "rl")  # rl: no decision term, by default
   if path.name.startswith("qwen25_7b"):
     assert cfg.engine == "vllm" and cfg.mesh_fsdp == 8 and cfg.num_queries == 7000
     assert cfg.epochs == 3
@@ -233,3 +234,24 @@ def test_resume_with_other_settings_is_refused(reference):
                      text=True, timeout=300)
   assert p.returncode == 2 and "--k:" in p.stderr and "2 -> 4" in p.stderr, p.stderr[-2000:]
   assert sorted(os.listdir(run_dir)) == before
+
+
+DEBUG, SFT = "experiments/configs/debug_cpu.flags", "experiments/configs/qwen25_7b_sft.flags"
+
+
+@pytest.mark.parametrize("args, flag", [
+    ([DEBUG, "--algorithm=rl", "--alpha=2.0"], "--alpha"),
+    ([DEBUG, "--algorithm=rl", "--ce_coef=0.0"], "--ce_coef"),
+    ([DEBUG, "--algorithm=rl", "--m=4"], "--m"),
+    ([DEBUG, "--algorithm=sft"], "--k"),  # debug_cpu.flags sets it
+    ([DEBUG, "--k_branch=2"], "--k_branch"),
+    ([SFT, "--kl_coef=0.1"], "--kl_coef"), ([SFT, "--eps_high=0.3"], "--eps_high"),
+    ([SFT, "--temperature=0.6"], "--temperature"),
+])
+def test_flags_an_algorithm_ignores_are_refused(args, flag, monkeypatch):
+  monkeypatch.chdir(REPO)
+  fv = flags.FlagValues()
+  em_flags.define_flags(fv)
+  fv(["train.py", f"--flagfile={args[0]}", *args[1:]])
+  with pytest.raises(flags.ValidationError, match=f"^{flag}: .*does not use it|^{flag}: used only"):
+    em_flags.run_config(fv)

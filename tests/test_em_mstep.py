@@ -117,3 +117,33 @@ def test_metrics_jsonl_and_tensorboard(tmp_path):
     tags += [(v.tag, v.simple_value, ev.step) for v in ev.summary.value]
     data = data[12 + n + 4:]
   assert tags == [("mstep/loss", 0.5, 3), ("eval/auto/accuracy", 0.25, 3)]
+
+
+def test_kl_coef_trains_against_the_behaviour_policy(shared_dir, tmp_path):
+  """--kl_coef > 0 runs through the M-step driver: the reference log-probs are the behaviour
+  log-probs (pi_ref = the iteration's start weights), so the KL is 0 at the first step (up to
+  float error) and grows as the policy moves."""
+  from autocode_jax.training.checkpoint import Checkpointer
+  tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+  loss = LossConfig(ce_coef=0.0, kl_coef=0.5)
+  cfg = RunConfig(run_dir=str(tmp_path), model_preset="tiny-qwen2", tokenizer_dir="t",
+                  mesh_fsdp=2, mesh_data=2, mesh_tensor=2, train_batch_size=4,
+                  m_step_epochs=3, length_multiple=16, logprob_batch_size=4, loss=loss)
+  policy = Policy.build(cfg, tok)
+  rng = np.random.default_rng(1)
+  recs = [{"query_id": f"q{i % 2}", "group": f"q{i % 2}",
+           "prompt_ids": rng.integers(0, 1000, 4).tolist(),
+           "token_ids": rng.integers(0, 1000, 6).tolist(), "roles": "m" * 6,
+           "logprobs": [0.0] * 6, "advantage": float(i % 2) - 0.5} for i in range(4)]
+  behaviour = policy.behaviour_logprobs(recs)
+  batch = mstep.make_batch(recs, behaviour, range(4), policy.pad_id, 16, reference=True)
+  np.testing.assert_array_equal(batch["ref_logprobs"], batch["old_logprobs"])
+  seen = []
+  ckpt = Checkpointer(str(tmp_path / "ckpt"), save_every=100, keep=1)
+  mstep.run_mstep(policy, recs, behaviour, loss, 0, 0, ckpt, lambda s, m: seen.append(m))
+  ckpt.close()
+  assert [len(seen), policy.step] == [3, 3]
+  assert abs(seen[0]["kl"]) < 1e-6 and seen[0]["ratio_max"] == pytest.approx(1.0, abs=1e-5)
+  assert seen[2]["kl"] > 1e-6  # the policy has moved away from pi_ref
+  # kl_coef = 0: the batch needs no reference log-probs and the loss has no KL part.
+  assert "ref_logprobs" not in mstep.make_batch(recs, behaviour, range(4), policy.pad_id, 16)

@@ -22,6 +22,19 @@ TEMPLATES = ("chat", "plain")
 EVAL_MODES = ("cot", "code", "auto")
 # Fields that may change between a run and its resumption; every other field must match.
 RESUMABLE_CHANGES = ("progress", "tensorboard", "log_every")
+# Flags an algorithm never reads (config fields, and the loss flags of training.flags): setting
+# one is refused (em.flags.run_config), so a flag never silently does nothing. rl: no s*, no
+# decision term, D_train = the fresh rollouts; sft: no rollouts, no policy loss, no
+# behaviour or reference log-probs (its evaluation is greedy).
+IGNORED_BY = {
+    "em": (),
+    "rl": ("alpha", "m", "ce_coef"),
+    "sft": ("k", "m", "alpha", "temperature", "top_p", "rollout_chunk", "drop_uniform_groups",
+            "logprob_batch_size", "eps_low", "eps_high", "dual_clip", "ratio_level", "ce_coef",
+            "kl_coef", "entropy_coef"),
+}
+# Flags read only with branching on.
+BRANCHING_ONLY = ("k_branch", "branch_per_query")
 
 
 class ConfigError(ValueError):
@@ -183,6 +196,8 @@ class RunConfig:
     need(not (self.algorithm == "rl" and self.loss.ce_coef), "algorithm",
          f"rl has no decision term (its D_train carries no s*): set ce_coef=0 "
          f"(ce_coef={self.loss.ce_coef})")
+    need(not (self.algorithm == "sft" and (self.loss.kl_coef or self.loss.entropy_coef)),
+         "algorithm", "sft's loss has no KL or entropy term: kl_coef and entropy_coef must be 0")
 
   @property
   def m_effective(self) -> int:

@@ -129,10 +129,20 @@ def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True) -> 
   """The RunConfig of the parsed flags; a bad value or path raises flags.ValidationError that
   names the flag."""
   kwargs = dataclass_kwargs(config_lib.RunConfig, fv, skip=_SKIP)
-  kind = "sft" if kwargs["algorithm"] == "sft" else "policy"
+  algorithm = kwargs["algorithm"]
+  for name in config_lib.IGNORED_BY[algorithm]:
+    if fv[name].present:
+      raise flags.ValidationError(f"--{name}: algorithm={algorithm} does not use it; remove it")
+  if not kwargs["branching"]:
+    for name in config_lib.BRANCHING_ONLY:
+      if fv[name].present:
+        raise flags.ValidationError(f"--{name}: used only with --branching; remove it")
+  kind = "sft" if algorithm == "sft" else "policy"
+  # rl has no decision term; sft's loss reads none of the policy-loss flags.
+  loss_changes = {"ce_coef": 0.0} if algorithm == "rl" else {}
   try:
     cfg = config_lib.RunConfig(**kwargs, optimizer=train_flags.optimizer_config(fv),
-                               loss=train_flags.loss_config(kind, fv))
+                               loss=train_flags.loss_config(kind, fv, **loss_changes))
     if check_paths:
       config_lib.validate_paths(cfg)
   except config_lib.ConfigError as e:

@@ -60,14 +60,19 @@ def load_behaviour(path: str) -> list[np.ndarray]:
 
 
 def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pad_id: int,
-               length_multiple: int, decisions: bool = False) -> dict[str, np.ndarray]:
+               length_multiple: int, decisions: bool = False,
+               reference: bool = False) -> dict[str, np.ndarray]:
   """The train batch of D_train rows `idx`; with `decisions`, also one decision row per query
-  (group) among them (training.collate.decision_rows)."""
+  (group) among them (training.collate.decision_rows); with `reference`, the reference
+  log-probs of the KL term: METHOD.md's pi_ref is the policy that sampled D_train (the weights
+  at the iteration's start), whose log-probs are the behaviour log-probs themselves."""
   rows = [dict(records[i], behaviour=behaviour[i]) for i in idx]
   batch = collate(rows, [records[i]["advantage"] for i in idx], pad_id, length_multiple,
                   logprob_key="behaviour")
   if decisions:
     batch.update(decision_rows(rows, len(rows), pad_id, length_multiple))
+  if reference:
+    batch["ref_logprobs"] = batch["old_logprobs"]
   return batch
 
 
@@ -83,7 +88,7 @@ def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], 
   for s in range(policy.step, start_step + total):
     idx = batch_indices(len(records), bs, cfg.seed, iteration, s - start_step)
     batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple,
-                       loss_cfg.decision_term)
+                       loss_cfg.decision_term, reference=bool(loss_cfg.kl_coef))
     policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
     if on_step is not None:
       on_step(s + 1, {k: float(local_value(v)) for k, v in metrics.items()})

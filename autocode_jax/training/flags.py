@@ -51,8 +51,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def _build(cls, fields, fv, **extra):
   kwargs = {field: fv[name].value for name, field in fields.items()}
+  kwargs.update(extra)
   try:
-    return cls(**kwargs, **extra)
+    return cls(**kwargs)
   except ValueError as e:
     raise flags.ValidationError(str(e)) from None
 
@@ -61,5 +62,7 @@ def optimizer_config(fv: flags.FlagValues = flags.FLAGS) -> OptimizerConfig:
   return _build(OptimizerConfig, _OPT_FIELDS, fv)
 
 
-def loss_config(kind: str, fv: flags.FlagValues = flags.FLAGS) -> LossConfig:
-  return _build(LossConfig, _LOSS_FIELDS, fv, kind=kind)
+def loss_config(kind: str, fv: flags.FlagValues = flags.FLAGS, **fixed) -> LossConfig:
+  """The LossConfig of the loss flags, with `fixed` fields (LossConfig names) set in place of
+  their flags."""
+  return _build(LossConfig, _LOSS_FIELDS, fv, kind=kind, **fixed)
