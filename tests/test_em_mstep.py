@@ -147,3 +147,35 @@ def test_kl_coef_trains_against_the_behaviour_policy(shared_dir, tmp_path):
   assert seen[2]["kl"] > 1e-6  # the policy has moved away from pi_ref
   # kl_coef = 0: the batch needs no reference log-probs and the loss has no KL part.
   assert "ref_logprobs" not in mstep.make_batch(recs, behaviour, range(4), policy.pad_id, 16)
+
+
+def test_export_in_the_compute_dtype_once_per_step(shared_dir, tmp_path):
+  """A bf16 policy with fp32 master weights is exported in bf16, into one directory that each
+  new export replaces whole; a second export at the same step writes nothing."""
+  import json
+  from autocode_jax.models.safetensors_io import SafetensorsReader
+  cfg = RunConfig(run_dir=str(tmp_path / "run"), model_preset="tiny-qwen2",
+                  tokenizer_dir=str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"),
+                  data_dir=str(shared_dir / "data"), num_queries=4, param_dtype="float32",
+                  dtype="bfloat16", mesh_fsdp=2, mesh_data=2, mesh_tensor=2, progress=False)
+  runner = loop.Runner(cfg, log=lambda *_: None)
+  try:
+    runner._export()
+    export = tmp_path / "run" / "hf_policy"
+    first = export.stat().st_ino
+    shards = sorted(export.glob("*.safetensors"))
+    readers = [SafetensorsReader(str(p)) for p in shards]
+    dtypes = {r.get(k).dtype.name for r in readers for k in r.keys()}
+    assert dtypes == {"bfloat16"}
+    assert json.loads((export / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    n = sum(x.size for x in jax.tree.leaves(runner.policy.state.params))
+    assert sum(p.stat().st_size for p in shards) < 2 * n + 4096 * len(shards)  # 2 bytes a weight
+    runner._export()  # same step: nothing written
+    assert export.stat().st_ino == first
+    runner.policy.state = runner.policy.state._replace(step=runner.policy.state.step + 1)
+    runner._export()
+    assert export.stat().st_ino != first  # replaced whole
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "hf_policy" in p.name) == [
+        "hf_policy"]  # no temporary or old directory left beside it
+  finally:
+    runner.close()

@@ -198,13 +198,16 @@ class Runner:
     return self._explorer
 
   def _export(self) -> None:
-    """The HuggingFace export of the current policy, unless it is already on disk."""
+    """The HuggingFace export of the current policy, unless it is already on disk: in the
+    compute dtype (what the trainer's forward uses: a bf16 policy with fp32 master weights is
+    exported in bf16, half the bytes), one directory replaced whole each time."""
     exported = self.progress.data.get("exported_step")
     if exported == self.policy.step and os.path.isdir(self.export_dir):
       return
     from autocode_jax.models.hf import save_pretrained
     tok_dir = self.cfg.tokenizer_dir or self.cfg.init_from
-    save_pretrained(self.policy.model(), self.export_dir, tokenizer_dir=tok_dir)
+    save_pretrained(self.policy.model(), self.export_dir, tokenizer_dir=tok_dir,
+                    dtype=self.cfg.dtype)
     _barrier("export")
     self.progress.data["exported_step"] = self.policy.step
     if self.pid == 0:

@@ -251,7 +251,8 @@ def save_pretrained(model: Transformer, out_dir: str, tokenizer_dir: str | None 
       def produce(shard=shard):
         for name, layer, _, _ in shard:
           x = state[name].get_value()
-          host = _to_host(x if layer is None else x[layer])
+          x = x if layer is None else x[layer]
+          host = _to_host(x.astype(out_dtype))  # cast on the devices: fewer bytes gathered
           yield np.asarray(_LAYOUTS[_MAPPING[name][1]][1](host), dtype=out_dtype)
 
       if writer:
