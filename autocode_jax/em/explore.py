@@ -361,6 +361,16 @@ def read_shards(out_dir: str, name: str) -> list[dict]:
   return [r for f in files for r in TrajectoryStore(os.path.join(out_dir, f)).read()]
 
 
+def in_query_order(records: Sequence[dict], queries: Sequence) -> list[dict]:
+  """`records` (D_train read from the hosts' shards) ordered by their query's position in the
+  iteration's `queries`, each query's records in the order written: the order one host writes,
+  so that the M-step's batches do not depend on how many hosts shared the E-step."""
+  position: dict = {}
+  for i, q in enumerate(queries):
+    position.setdefault(q.id, i)
+  return sorted(records, key=lambda r: position[r["query_id"]])
+
+
 def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
   """Per-iteration statistics: code-invocation rate per query (mean and histogram over 0..K
   vanilla rollouts), the distribution of s*(c=1|x) (mean and 10-bin histogram), tool statuses,
