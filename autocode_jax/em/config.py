@@ -73,7 +73,9 @@ class RunConfig:
     vllm_max_model_len, vllm_sleep (free vLLM's memory during the M-step), vllm_enforce_eager
     (no CUDA graphs / compilation: faster start, slower decoding), vllm_kv_cache_mb (an explicit
     KV-cache size; 0: vLLM sizes it from vllm_gpu_memory_utilization, which on its CPU build is
-    a share of host memory minus what the process already holds).
+    a share of host memory minus what the process already holds), jax_memory_fraction (the
+    share of each GPU's memory JAX may allocate; 0: with vLLM, 1 - vllm_gpu_memory_utilization
+    - em.plan.RESERVE, preallocation off; without, JAX's default; see em.plan).
   M-step: train_batch_size trajectories per update, micro_batch_size (gradient accumulation;
     0: none), m_step_epochs, length_multiple (padding bucket), logprob_batch_size (rows per
     behaviour log-prob pass), optimizer, loss.
@@ -131,6 +133,7 @@ class RunConfig:
   vllm_sleep: bool = False
   vllm_enforce_eager: bool = False
   vllm_kv_cache_mb: int = 0
+  jax_memory_fraction: float = 0.0
   train_batch_size: int = 64
   micro_batch_size: int = 0
   m_step_epochs: int = 1
@@ -182,6 +185,15 @@ class RunConfig:
       need(getattr(self, f) > 0, f, "must be positive")
     need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
          "must be in (0, 1]")
+    need(0 <= self.jax_memory_fraction < 1, "jax_memory_fraction", "must be in [0, 1)")
+    if self.engine == "vllm":  # both on each GPU, beside CUDA contexts (5%: em.plan.RESERVE)
+      if self.jax_memory_fraction:
+        need(self.jax_memory_fraction + self.vllm_gpu_memory_utilization <= 0.95,
+             "jax_memory_fraction", f"with vllm_gpu_memory_utilization="
+             f"{self.vllm_gpu_memory_utilization} it leaves less than 5% of a GPU for the rest")
+      else:
+        need(self.vllm_gpu_memory_utilization <= 0.9, "vllm_gpu_memory_utilization",
+             "leaves JAX less than 5% of a GPU (its share is 1 - this - 0.05)")
     need(bool(self.eval_modes) and all(m in EVAL_MODES for m in self.eval_modes), "eval_modes",
          f"expected a non-empty list from {EVAL_MODES}")
     need(self.engine in ENGINES, "engine", f"expected one of {ENGINES}")
@@ -211,13 +223,14 @@ class RunConfig:
     return dataclasses.asdict(self)
 
 
-def validate_paths(cfg: RunConfig) -> None:
-  """Checks that what the run reads exists, before any work starts."""
+def validate_paths(cfg: RunConfig, plan_only: bool = False) -> None:
+  """Checks that what the run reads exists, before any work starts. `plan_only` (a dry run,
+  em.plan): the architecture, tokenizer and data only; no weights, engine or run directory."""
   if cfg.init_from:
     if not os.path.isfile(os.path.join(cfg.init_from, "config.json")):
       raise ConfigError("init_from", f"{cfg.init_from!r} is not a HuggingFace model directory "
                         "(no config.json)")
-    if not any(f.endswith(".safetensors") for f in os.listdir(cfg.init_from)):
+    if not plan_only and not any(f.endswith(".safetensors") for f in os.listdir(cfg.init_from)):
       raise ConfigError("init_from", f"{cfg.init_from!r} holds no .safetensors weights")
   from autocode_jax.models.tokenizer import TokenizerError, tokenizer_files
   try:
@@ -229,6 +242,8 @@ def validate_paths(cfg: RunConfig) -> None:
       path = os.path.join(cfg.data_dir, DATASETS[name].path)
       if not os.path.isfile(path):
         raise ConfigError(field, f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")
+  if plan_only:
+    return
   if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
     raise ConfigError("engine", "engine=vllm but vLLM is not installed (pip install -e .[vllm])")
   if os.path.exists(cfg.run_dir) and not os.path.isdir(cfg.run_dir):

@@ -56,6 +56,8 @@ HELP = {
     "vllm_max_model_len": "vLLM max_model_len", "vllm_sleep": "put vLLM to sleep during M-steps",
     "vllm_enforce_eager": "vLLM enforce_eager (no graph capture or compilation)",
     "vllm_kv_cache_mb": "vLLM KV-cache size in MiB (0: from vllm_gpu_memory_utilization)",
+    "jax_memory_fraction": "share of each GPU's memory JAX may allocate (0: auto; with vLLM "
+    "1 - vllm_gpu_memory_utilization - 0.05, preallocation off)",
     "train_batch_size": "trajectories per update", "micro_batch_size": "rows per micro-batch "
     "(gradient accumulation; 0: none)", "m_step_epochs": "passes over D_train per M-step",
     "length_multiple": "sequence padding bucket", "logprob_batch_size": "rows per behaviour "
@@ -125,9 +127,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   define_dataclass_flags(config_lib.RunConfig, HELP, fv, skip=_SKIP, enums=_ENUMS)
 
 
-def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True) -> config_lib.RunConfig:
+def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True,
+               plan_only: bool = False) -> config_lib.RunConfig:
   """The RunConfig of the parsed flags; a bad value or path raises flags.ValidationError that
-  names the flag."""
+  names the flag. plan_only: check only the paths a dry run reads (config.validate_paths)."""
   kwargs = dataclass_kwargs(config_lib.RunConfig, fv, skip=_SKIP)
   algorithm = kwargs["algorithm"]
   for name in config_lib.IGNORED_BY[algorithm]:
@@ -144,7 +147,7 @@ def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True) -> 
     cfg = config_lib.RunConfig(**kwargs, optimizer=train_flags.optimizer_config(fv),
                                loss=train_flags.loss_config(kind, fv, **loss_changes))
     if check_paths:
-      config_lib.validate_paths(cfg)
+      config_lib.validate_paths(cfg, plan_only)
   except config_lib.ConfigError as e:
     raise flags.ValidationError(f"--{e}") from None
   return cfg

@@ -146,8 +146,8 @@ class Runner:
     self.shard = f".p{self.pid}"
     _prepare_run_dir(cfg)
     self.tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.init_from)
-    self.queries = _queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
-    self.eval_queries = (_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", synthetic.EVAL)
+    self.queries = load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
+    self.eval_queries = (load_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", synthetic.EVAL)
                          if cfg.eval_set else [])
     self.num_iterations = iteration_plan(len(self.queries), cfg.queries_per_iteration, cfg.epochs)
     self.policy = Policy.build(cfg, self.tokenizer)
@@ -228,15 +228,7 @@ class Runner:
     t0 = time.perf_counter()
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
-      if cfg.train_set == synthetic.SOURCE:  # the warm-start corpus (synthetic.corpus)
-        problems = synthetic.split_problems(cfg.num_queries, cfg.task_seed, synthetic.TRAIN)
-        by_id = {p.id: p for p in problems}
-        examples = synthetic.warm_start_examples([by_id[q.id] for q in mine], seed=cfg.seed + it,
-                                                 code_share=cfg.synthetic_code_share)
-      else:
-        examples = [SftExample(q, q.solution or "") for q in mine]
-      recs = explore.sft_records(self.tokenizer, cfg, examples, it,
-                                 explore.end_id(self.tokenizer, cfg.template, self.stop_ids))
+      recs = sft_dtrain(cfg, self.tokenizer, mine, it, self.stop_ids)
       write_jsonl(path, recs)
     else:
       ex = self.explorer()
@@ -302,7 +294,7 @@ class Runner:
         self.metrics.write("estep", self.policy.step, stats, iteration=it)
         self.progress.mark(it, "estep")
         line["estep"] = stats
-      records = explore.read_shards(it_dir, "dtrain")
+      records = explore.in_query_order(explore.read_shards(it_dir, "dtrain"), queries)
       if cfg.drop_uniform_groups and cfg.algorithm != "sft":
         records = _drop_uniform(records)
       behaviour_path = os.path.join(it_dir, "behaviour.npz")
@@ -341,7 +333,7 @@ class Runner:
     return summary
 
 
-def _queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
+def load_queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
   """n queries of a dataset (0: all; fewer: a seeded sample stratified by level), or of the
   synthetic task (split synthetic.TRAIN or synthetic.EVAL: disjoint seeds)."""
   if name == synthetic.SOURCE:
@@ -353,6 +345,21 @@ def _queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
   if n > len(pool):
     raise ConfigError(field, f"{n} > the {len(pool)} queries of {name}")
   return stratified_sample(pool, n, seed=cfg.seed) if n < len(pool) else pool
+
+
+def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int, stops) -> list[dict]:
+  """The sft baseline's D_train records of `queries`: their given solutions, or on the synthetic
+  task its warm-start corpus (synthetic.corpus)."""
+  if cfg.train_set == synthetic.SOURCE:
+    problems = synthetic.split_problems(cfg.num_queries, cfg.task_seed, synthetic.TRAIN)
+    by_id = {p.id: p for p in problems}
+    examples = synthetic.warm_start_examples([by_id[q.id] for q in queries],
+                                             seed=cfg.seed + iteration,
+                                             code_share=cfg.synthetic_code_share)
+  else:
+    examples = [SftExample(q, q.solution or "") for q in queries]
+  return explore.sft_records(tokenizer, cfg, examples, iteration,
+                             explore.end_id(tokenizer, cfg.template, stops))
 
 
 def _drop_uniform(records: list[dict]) -> list[dict]:

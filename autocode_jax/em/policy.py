@@ -44,7 +44,7 @@ def model_config(cfg, tokenizer) -> config_lib.ModelConfig:
 # the phases of a demo, each with its own Policy, share them); the output replicated over the
 # mesh set around the call.
 @functools.partial(jax.jit, static_argnums=0, out_shardings=PartitionSpec())
-def _behaviour_logprobs(graphdef, params, tokens, mask):
+def behaviour_logprob_program(graphdef, params, tokens, mask):
   lp = token_logprobs(graphdef, params, tokens[:, :-1], tokens[:, 1:], None, mask[:, :-1])
   return jnp.pad(lp, ((0, 0), (1, 0)))  # aligned with tokens
 
@@ -140,7 +140,7 @@ class Policy:
       batch = collate(padded, [0.0] * n, self.pad_id, self.cfg.length_multiple)
       g = self.to_global({"tokens": batch["tokens"], "mask": batch["attention_mask"]})
       with jax.set_mesh(self.mesh):
-        lp = local_value(_behaviour_logprobs(self.graphdef, self.state.params, g["tokens"],
+        lp = local_value(behaviour_logprob_program(self.graphdef, self.state.params, g["tokens"],
                                              g["mask"]))
       for i, r in enumerate(chunk):
         p, m = len(r["prompt_ids"]), len(r["token_ids"])

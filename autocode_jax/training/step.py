@@ -224,17 +224,24 @@ def init_train_state(params: nnx.State, optimizer, mesh=None, rules=None):
     if committed:
       state = jax.device_put(state, committed[0].sharding)
     return state, None
+  shardings = train_state_shardings(params, optimizer, mesh, rules)
+  params = jax.device_put(params, shardings.params)
+  opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+  state = jax.device_put(TrainState(jnp.int32(0), jnp.int32(0), params, opt_state), shardings)
+  return state, shardings
+
+
+def train_state_shardings(params: nnx.State, optimizer, mesh, rules=None) -> TrainState:
+  """The TrainState of NamedShardings for (possibly abstract) parameters on a mesh: parameters
+  by the logical rules, the optimizer's parameter-shaped states like their parameters, counters
+  replicated."""
   param_sh = sharding_lib.state_shardings(params, mesh, rules or sharding_lib.LOGICAL_RULES)
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(optimizer.init, params)
   opt_sh = optax.tree_map_params(optimizer, lambda _, s: s, abstract_opt, param_sh,
                                  transform_non_params=lambda _: replicated,
                                  is_leaf=lambda x: isinstance(x, nnx.Variable))
-  shardings = TrainState(replicated, replicated, param_sh, opt_sh)
-  params = jax.device_put(params, param_sh)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_sh)(params)
-  state = jax.device_put(TrainState(jnp.int32(0), jnp.int32(0), params, opt_state), shardings)
-  return state, shardings
+  return TrainState(replicated, replicated, param_sh, opt_sh)
 
 
 def make_train_step(graphdef, optimizer, schedule, loss_cfg: LossConfig, *, micro_batch=None,
@@ -255,4 +262,9 @@ def make_train_step(graphdef, optimizer, schedule, loss_cfg: LossConfig, *, micr
     with jax.set_mesh(mesh):  # so the model's activation constraints apply
       return jitted(state, batch)
 
+  def lower(state, batch):  # ahead of time, e.g. from ShapeDtypeStructs (em.plan)
+    with jax.set_mesh(mesh):
+      return jitted.lower(state, batch)
+
+  step.lower = lower
   return step
