@@ -95,9 +95,13 @@ def dry_run(cfg) -> int:
   simulated = len(real) < n or real[0].platform == "cpu"
   devices = (jax.devices("cpu") if simulated else real)[:n]
   if len(devices) < n:
-    raise app.UsageError(f"--dry_run_devices={n}: only {len(devices)} CPU devices could be made")
-  p = plan.memory_plan(cfg, load_tokenizer(cfg.tokenizer_dir or cfg.init_from),
-                       FLAGS.device_memory_gib, devices, FLAGS.dry_run_length, simulated)
+    raise flags.ValidationError(f"--dry_run_devices={n}: only {len(devices)} CPU devices could "
+                                "be made")
+  try:
+    p = plan.memory_plan(cfg, load_tokenizer(cfg.tokenizer_dir or cfg.init_from),
+                         FLAGS.device_memory_gib, devices, FLAGS.dry_run_length, simulated)
+  except plan.PlanError as e:
+    raise flags.ValidationError(f"--dry_run_devices={n}: {e}") from None
   print(p.text())
   env = plan.memory_env(cfg)
   if env:

@@ -143,3 +143,9 @@ def test_vllm_on_every_gpu():
   plan.check_engine_devices(dataclasses.replace(cfg, vllm_tensor_parallel=4), "gpu", 4, False)
   plan.check_engine_devices(cfg, "cpu", 8, distributed=False)  # vLLM's CPU build
   plan.check_engine_devices(_cfg(), "gpu", 8, distributed=False)  # the built-in sampler
+
+
+def test_a_mesh_the_planned_devices_cannot_hold_is_a_bad_flag(qwen7b_dir, shared_dir):
+  p = _dry_run("qwen25_7b_em.flags", qwen7b_dir, shared_dir, "--dry_run_devices=4")
+  assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+  assert "bad flag: --dry_run_devices=4: mesh shape (1, 8, 1) needs 8 devices, have 4" in p.stderr

@@ -146,9 +146,10 @@ class Runner:
     self.shard = f".p{self.pid}"
     _prepare_run_dir(cfg)
     self.tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.init_from)
-    self.queries = load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
-    self.eval_queries = (load_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", synthetic.EVAL)
-                         if cfg.eval_set else [])
+    self.queries = load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries",
+                                synthetic.TRAIN)
+    self.eval_queries = (load_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size",
+                                      synthetic.EVAL) if cfg.eval_set else [])
     self.num_iterations = iteration_plan(len(self.queries), cfg.queries_per_iteration, cfg.epochs)
     self.policy = Policy.build(cfg, self.tokenizer)
     from autocode_jax.training.checkpoint import Checkpointer

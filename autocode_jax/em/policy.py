@@ -140,8 +140,8 @@ class Policy:
       batch = collate(padded, [0.0] * n, self.pad_id, self.cfg.length_multiple)
       g = self.to_global({"tokens": batch["tokens"], "mask": batch["attention_mask"]})
       with jax.set_mesh(self.mesh):
-        lp = local_value(behaviour_logprob_program(self.graphdef, self.state.params, g["tokens"],
-                                             g["mask"]))
+        lp = local_value(behaviour_logprob_program(self.graphdef, self.state.params,
+                                                   g["tokens"], g["mask"]))
       for i, r in enumerate(chunk):
         p, m = len(r["prompt_ids"]), len(r["token_ids"])
         out.append(lp[i, p:p + m].astype(np.float32))
