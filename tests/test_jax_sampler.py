@@ -58,6 +58,24 @@ def test_sampled_frequencies_match_the_top_p_softmax():
   assert chi2 < 16.27, (chi2, counts)  # chi-square, 3 degrees of freedom, p = 0.001
 
 
+def test_gumbel_noise_is_uniform_over_a_vocabulary_and_independent_per_row():
+  """The counter-hash noise: draws from equal logits are uniform over 512 tokens, and a row's
+  noise is a function of its own key (another row's key changes it entirely)."""
+  from autocode_jax.rollout.jax_sampler import gumbel_noise
+  v, n = 512, 51_200
+  keys = jax.random.split(jax.random.PRNGKey(3), n)
+  draws = jnp.argmax(gumbel_noise(keys, v), axis=-1)
+  counts = np.bincount(np.asarray(draws), minlength=v)
+  expected = n / v
+  chi2 = float(((counts - expected) ** 2 / expected).sum())
+  assert chi2 < 640.0, chi2  # 511 degrees of freedom: mean 511, sd 32; p ~ 1e-4
+  g = np.asarray(gumbel_noise(keys[:2], v))
+  assert abs(g.mean() - 0.5772) < 0.1 and abs(g.std() - 1.2825) < 0.15  # Gumbel(0, 1)
+  assert np.corrcoef(g[0], g[1])[0, 1] < 0.2
+  again = np.asarray(gumbel_noise(keys[1:3], v))
+  np.testing.assert_array_equal(again[0], g[1])  # the same key, the same noise, in any batch
+
+
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_static_greedy_flag_draws_what_the_device_choice_draws(temperature):
   logits = jax.random.normal(jax.random.PRNGKey(1), (16, 64)) * 3
