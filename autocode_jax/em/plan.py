@@ -24,6 +24,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 GiB = 2 ** 30
@@ -63,9 +64,7 @@ def memory_env(cfg) -> dict[str, str]:
 def apply_memory_env(cfg, environ=os.environ) -> dict[str, str]:
   """Sets memory_env(cfg) where the user has not; returns what is in effect. Call it before
   JAX's backends start (the first device query)."""
-  for k, v in memory_env(cfg).items():
-    environ.setdefault(k, v)
-  return {k: environ[k] for k in memory_env(cfg)}
+  return {k: environ.setdefault(k, v) for k, v in memory_env(cfg).items()}
 
 
 def check_engine_devices(cfg, platform: str, local_devices: int, distributed: bool) -> None:
@@ -101,14 +100,10 @@ def _with_shardings(tree, shardings):
                       shardings)
 
 
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
-
-
 def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
-  """The longest train row and decision row of the run, padded like collate pads them: the
-  longest prompt of the run's queries plus max_tokens (capped at vllm_max_model_len under
-  vLLM), or for sft its longest prompt + solution; `length` overrides the train row."""
+  """The longest train row of the run (tokens before padding) and its prompt: the longest
+  prompt of the run's queries plus max_tokens (capped at vllm_max_model_len under vLLM), or
+  for sft its longest prompt + solution; `length` overrides the train row."""
   from autocode_jax import synthetic
   from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
   from autocode_jax.em import explore, loop
@@ -127,30 +122,31 @@ def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
       longest, source = cfg.vllm_max_model_len, "vllm_max_model_len"
   if length:
     longest, source = length, "--dry_run_length"
-  decision = _round_up(prompt + len(tokenizer.encode(CODE_PREFIX)), cfg.length_multiple)
-  return {"train": _round_up(longest, cfg.length_multiple), "decision": decision,
-          "source": source, "queries": len(queries)}
+  return {"train": longest, "prompt": prompt, "prefix": len(tokenizer.encode(CODE_PREFIX)),
+          "source": source}
 
 
-def abstract_batch(cfg, rows: int, length: int, decision_length: int, mesh) -> dict:
-  """ShapeDtypeStructs of the train step's batch (training.step), rows sharded like to_global
-  shards them."""
+def abstract_batch(cfg, rows: int, lengths: dict, mesh) -> dict:
+  """ShapeDtypeStructs of the train step's batch, rows sharded like Policy.to_global shards
+  them: the batch mstep.make_batch builds from `rows` records of the longest row (collate's
+  padding, keys and dtypes), one query each (so as many decision rows)."""
+  from autocode_jax.em import mstep
   from autocode_jax.training.step import batch_sharding
+  prompt = min(lengths["prompt"], lengths["train"] - 1)
+  n = lengths["train"] - prompt
+  records = [{"prompt_ids": [0] * prompt, "token_ids": [0] * n, "roles": "m" * n,
+              "advantage": 0.0, "group": i, "s_star": [0.5, 0.5],
+              "decision_ids": [0] * lengths["prefix"]} for i in range(rows)]
+  batch = mstep.make_batch(records, [np.zeros(n, np.float32)] * rows, range(rows), 0,
+                           cfg.length_multiple, cfg.loss.decision_term,
+                           reference=bool(cfg.loss.kl_coef))
   sh = batch_sharding(mesh, rows)
-  sds = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=sh)
-  batch = {"tokens": sds((rows, length), jnp.int32),
-           "attention_mask": sds((rows, length), jnp.float32),
-           "policy_mask": sds((rows, length), jnp.float32),
-           "old_logprobs": sds((rows, length), jnp.float32),
-           "advantages": sds((rows,), jnp.float32)}
-  if cfg.loss.decision_term:
-    batch.update({"decision_tokens": sds((rows, decision_length), jnp.int32),
-                  "decision_attention": sds((rows, decision_length), jnp.float32),
-                  "decision_mask": sds((rows, decision_length), jnp.float32),
-                  "decision_s1": sds((rows,), jnp.float32)})
-  if cfg.loss.kl_coef:
-    batch["ref_logprobs"] = sds((rows, length), jnp.float32)
-  return batch
+  return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh) for k, v in batch.items()}
+
+
+def _rows_per_device(mesh, rows: int) -> int:
+  from autocode_jax.training.step import batch_sharding
+  return batch_sharding(mesh, rows).shard_shape((rows,))[0]
 
 
 def _program_peak(compiled) -> dict:
@@ -169,15 +165,12 @@ def _program_peak(compiled) -> dict:
 @dataclasses.dataclass
 class Plan:
   """Per-device figures (bytes) and what they are checked against."""
-  device_bytes: int
   devices: int
   platform: str
   simulated: bool
   mesh: dict
   lines: list  # (label, bytes or None, how)
   jax_share: int
-  jax_peak: int
-  vllm_share: int
   shortfalls: list  # one sentence each, naming the flag to change
 
   @property
@@ -200,10 +193,9 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   """The plan of `cfg` on `devices` (default: all), each with device_gib GiB."""
   from autocode_jax.em.policy import behaviour_logprob_program
   from autocode_jax.models.sharding import make_mesh
-  from autocode_jax.models.transformer import abstract_model
+  from autocode_jax.models.transformer import abstract_model, count_params
   from autocode_jax.training.optimizers import build_optimizer
-  from autocode_jax.training.step import (TrainState, batch_sharding, make_train_step,
-                                          train_state_shardings)
+  from autocode_jax.training.step import TrainState, make_train_step, train_state_shardings
   from autocode_jax.em.policy import model_config
   devices = list(jax.devices() if devices is None else devices)
   try:
@@ -218,12 +210,10 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   scalar = jax.ShapeDtypeStruct((), jnp.int32)
   state = _with_shardings(TrainState(scalar, scalar, params, jax.eval_shape(optimizer.init,
                                                                             params)), shardings)
-  n_params = sum(x.size for x in jax.tree.leaves(params))
+  n_params = count_params(mc)
   lengths = sequence_lengths(cfg, tokenizer, length)
-  t, td = lengths["train"], lengths["decision"]
   b = cfg.train_batch_size
   micro = cfg.micro_batch_size or b
-  row_shards = math.prod(s for a, s in mesh.shape.items() if a in ("data", "fsdp"))
   param_b, opt_b = per_device_bytes(state.params), per_device_bytes(state.opt_state)
   lines = [(f"parameters: {n_params / 1e9:.2f} B in {mc.param_dtype}", param_b, "exact"),
            (f"optimizer state: {cfg.optimizer.name}", opt_b, "exact"),
@@ -232,9 +222,10 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   step = make_train_step(graphdef, optimizer, schedule, cfg.loss,
                          micro_batch=cfg.micro_batch_size or None, mesh=mesh,
                          state_shardings=shardings, batch_size=b)
-  batch = abstract_batch(cfg, b, t, td, mesh)
+  batch = abstract_batch(cfg, b, lengths, mesh)
+  t = batch["tokens"].shape[1]
   train = _program_peak(step.lower(state, batch).compile())
-  per_dev = f"{micro // row_shards}/device" if micro % row_shards == 0 else "replicated"
+  per_dev = f"{_rows_per_device(mesh, micro)}/device"
   lines.append((f"train rows: {t} tokens ({lengths['source']})", None, ""))
   lines.append((f"train step temporaries: micro-batch {micro} ({per_dev}) x {t} tokens",
                 train["temporaries"], "compiled"))
@@ -242,9 +233,8 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   peaks = {"train step": train["peak"]}
   if cfg.algorithm != "sft":
     rows = cfg.logprob_batch_size
-    sh = batch_sharding(mesh, rows)
-    tok = jax.ShapeDtypeStruct((rows, t), jnp.int32, sharding=sh)
-    mask = jax.ShapeDtypeStruct((rows, t), jnp.float32, sharding=sh)
+    rows_batch = abstract_batch(cfg, rows, lengths, mesh)
+    tok, mask = rows_batch["tokens"], rows_batch["attention_mask"]
     with jax.set_mesh(mesh):
       beh = _program_peak(behaviour_logprob_program.lower(graphdef, state.params, tok, mask)
                           .compile())
@@ -256,18 +246,18 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   kv_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
   if cfg.engine == "jax" and cfg.algorithm != "sft":
     rows = cfg.rollout_chunk * cfg.k * len(cfg.probes)
-    kv = rows * (t + cfg.max_tokens) * kv_token // row_shards
+    kv = _rows_per_device(mesh, rows) * (t + cfg.max_tokens) * kv_token
     peaks["rollouts"] = param_b + opt_b + kv
     lines.append((f"built-in sampler KV cache: {rows} rows x {t + cfg.max_tokens} slots",
                   kv, "estimated (KV cache only)"))
-  jax_peak = max(peaks.values())
+  which = max(peaks, key=peaks.get)
+  jax_peak = peaks[which]
   jax_share = int(jax_fraction(cfg) * device)
-  lines.append((f"JAX peak ({max(peaks, key=peaks.get)})", jax_peak, ""))
+  lines.append((f"JAX peak ({which})", jax_peak, ""))
   lines.append((f"JAX's share: jax_memory_fraction {jax_fraction(cfg):.2f}", jax_share,
                 "XLA_PYTHON_CLIENT_MEM_FRACTION"))
   shortfalls = []
   if jax_peak > jax_share:
-    which = max(peaks, key=peaks.get)
     fix = {"train step": f"lower --micro_batch_size (now {micro})",
            "behaviour pass": f"lower --logprob_batch_size (now {cfg.logprob_batch_size})",
            "rollouts": f"lower --rollout_chunk (now {cfg.rollout_chunk})"}[which]
@@ -300,5 +290,5 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
                       f"{device_gib:g} GiB: lower --jax_memory_fraction or "
                       f"--vllm_gpu_memory_utilization")
   lines.insert(0, ("device memory: --device_memory_gib", device, ""))
-  return Plan(device, len(devices), devices[0].platform, simulated, dict(mesh.shape), lines,
-              jax_share, jax_peak, vllm_share, shortfalls)
+  return Plan(len(devices), devices[0].platform, simulated, dict(mesh.shape), lines, jax_share,
+              shortfalls)
