@@ -72,7 +72,7 @@ def ours_train(model_dir: str, b: int, t: int):
   from flax import nnx
   model = from_pretrained(model_dir)
   graphdef, params = nnx.split(model)
-  opt, sched = build_optimizer(OptimizerConfig(name="adamw", learning_rate=1e-6), params)
+  opt, sched = build_optimizer(OptimizerConfig(optimizer="adamw", learning_rate=1e-6), params)
   state, _ = init_train_state(params, opt)
   step = make_train_step(graphdef, opt, sched, LossConfig(ce_coef=0.0))
   data = {k: jnp.asarray(v) for k, v in batch(b, t, SHAPE.vocab_size).items()}

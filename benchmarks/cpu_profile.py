@@ -90,7 +90,7 @@ def main(_):
   with tempfile.TemporaryDirectory() as d:
     save_pretrained(init_model(cpu_peers.SHAPE, seed=0), d)
     graphdef, params = nnx.split(from_pretrained(d))
-    opt, sched = build_optimizer(OptimizerConfig(name="adamw", learning_rate=1e-6), params)
+    opt, sched = build_optimizer(OptimizerConfig(optimizer="adamw", learning_rate=1e-6), params)
     state, _ = step_lib.init_train_state(params, opt)
     step = jax.jit(lambda s, x: step_lib.train_step(
         s, x, graphdef=graphdef, optimizer=opt, schedule=sched,

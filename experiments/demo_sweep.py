@@ -11,21 +11,22 @@ rerunning the command resumes where it stopped. Writes run_dir/sweep.md, sweep.j
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from autocode_jax import logs  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
-from autocode_jax.em.config import ConfigError  # noqa: E402
+from autocode_jax.flagging import ConfigError, bad_flags_exit  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
 em_flags.define_flags()
 demo_lib.define_flags(flags.FLAGS)
+logs.define_flags()
 flags.DEFINE_list("sweep_seeds", ["0", "1", "2"], "run seeds (model init, data order, rollouts)")
 flags.DEFINE_list("sweep_code_shares", ["0.1", "0.5"],
                   "plain-prompt code shares of the warm-start corpus")
 FLAGS = flags.FLAGS
-FLAGS.set_default("verbosity", logging.WARNING)
 
 
 def _numbers(name: str, kind) -> list:
@@ -43,7 +44,8 @@ def _numbers(name: str, kind) -> list:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  with em_flags.bad_flags_exit("demo_sweep.py"):
+  logs.configure_from_flags()
+  with bad_flags_exit("demo_sweep.py"):
     if not FLAGS.demo:
       raise ConfigError("demo", "the sweep runs the demo: pass --demo (as demo.flags does)")
     cfg = em_flags.run_config(FLAGS, check_paths=False)

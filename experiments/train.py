@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -19,11 +19,14 @@ from autocode_jax import hostmem  # noqa: E402
 
 hostmem.keep_freed_memory()  # before numpy and jax start threads: see hostmem
 
+from autocode_jax import logs  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
+from autocode_jax.flagging import bad_flags_exit  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
 em_flags.define_flags()
 demo_lib.define_flags(flags.FLAGS)
+logs.define_flags()
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first (multi-host)")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (with --distributed)")
 flags.DEFINE_integer("num_processes", None, "processes in the job (with --distributed)")
@@ -38,13 +41,13 @@ flags.DEFINE_integer("dry_run_devices", 0, "with --dry_run: devices to plan for 
 flags.DEFINE_integer("dry_run_length", 0, "with --dry_run: train row length (0: the longest the "
                      "run can make)")
 FLAGS = flags.FLAGS
-FLAGS.set_default("verbosity", logging.WARNING)  # orbax logs every save at INFO
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  with em_flags.bad_flags_exit("train.py"):
+  logs.configure_from_flags()
+  with bad_flags_exit("train.py"):
     # Every flag and path checked before any work (the demo builds its tokenizer and data).
     cfg = em_flags.run_config(FLAGS, check_paths=not FLAGS.demo, plan_only=FLAGS.dry_run)
     demo = None
@@ -52,7 +55,7 @@ def main(argv):
       demo = demo_lib.demo_config(FLAGS)
       demo_lib.check(cfg)
   if FLAGS.dry_run:
-    with em_flags.bad_flags_exit("train.py"):
+    with bad_flags_exit("train.py"):
       sys.exit(dry_run(cfg))
   from autocode_jax.em import plan
   env = plan.apply_memory_env(cfg)  # before JAX's backends start: see em.plan
@@ -65,7 +68,7 @@ def main(argv):
   elif any(FLAGS[f].present for f in ("coordinator_address", "num_processes", "process_id")):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   from autocode_jax.em.loop import run
-  with em_flags.bad_flags_exit("train.py"):  # some are found once the run dir and data are read
+  with bad_flags_exit("train.py"):  # some are found once the run dir and data are read
     plan.check_engine_devices(cfg, jax.devices()[0].platform, jax.local_device_count(),
                               FLAGS.distributed)
     if demo is not None:

@@ -7,9 +7,15 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from autocode_jax.synthetic import FAMILIES
+from test_logs import is_info
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow  # the demo and the sweep: whole programs
+
 SHORT = ["--flagfile=experiments/configs/demo.flags", "--num_queries=16",
          "--queries_per_iteration=8", "--eval_size=10", "--demo_warm_queries=100",
          "--demo_warm_epochs=1", "--noprogress"]
@@ -29,6 +35,8 @@ def test_shortened_demo_runs_end_to_end(tmp_path):
   assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
   for phase in ("== warm: sft", "== em: em", "== rl: rl", "== sft: sft"):
     assert phase in p.stdout
+  # Quiet by default (autocode_jax.logs): the warm start's checkpoints printed orbax's INFO lines.
+  assert not [line for line in p.stderr.splitlines() if is_info(line)], p.stderr[-3000:]
   rows = json.loads((run_dir / "summary.json").read_text())
   assert [(r["method"], r["iteration"]) for r in rows] == [
       (m, i) for m in ("em", "rl", "sft") for i in range(3)]

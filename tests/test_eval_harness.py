@@ -25,6 +25,7 @@ def model_dir(tmp_path_factory, shared_dir):
   return d
 
 
+@pytest.mark.slow
 def test_evaluate_writes_rows_results_table_and_plots(model_dir, shared_dir, tmp_path):
   cfg = harness.EvalConfig(model_dir=str(model_dir), out_dir=str(tmp_path / "out"),
                            benchmarks=("math500", "aime24"), data_dir=str(shared_dir / "data"),
@@ -79,6 +80,7 @@ def test_training_curves_from_a_run_directory(tmp_path):
   assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, flag", [((), "--model_dir"), (("--model_dir=/nonexistent",), "--model_dir"),
                                         (("--model_dir=/tmp", "--modes=chat"), "--modes")])
 def test_eval_script_rejects_bad_flags(args, flag, tmp_path):

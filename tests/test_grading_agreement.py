@@ -11,6 +11,7 @@ from autocode_jax.grading import GraderPool, agreement
 
 DATASETS = ("math500", "gsm8k")
 
+pytestmark = pytest.mark.slow  # the generated agreement suite on every gold
 
 @pytest.fixture(scope="module")
 def scored(shared_dir):

@@ -64,15 +64,16 @@ def test_seq_mean_and_all_masked_rows():
 
 
 def test_group_advantages():
-  rewards = jnp.array([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])
-  groups = jnp.array([0, 0, 0, 0, 1, 1])
-  adv = losses.group_advantages(rewards, groups, 3)
+  """explore.advantages, the one the E-step writes into D_train: per group (query), population
+  standard deviation, 0 for a group whose rewards are all equal."""
+  from autocode_jax.em.explore import advantages
   g0 = np.array([1, 0, 0, 1.0])
-  want0 = (g0 - g0.mean()) / (g0.std() + 1e-6)
-  np.testing.assert_allclose(adv[:4], want0, rtol=1e-5)
-  np.testing.assert_allclose(adv[4:], [1.0 / (0.5 + 1e-6) * 0.5, -0.5 / (0.5 + 1e-6)], rtol=1e-5)
-  same = losses.group_advantages(jnp.array([1.0, 1.0]), jnp.array([0, 0]), 1)
-  np.testing.assert_array_equal(same, [0.0, 0.0])
+  np.testing.assert_allclose(advantages(g0), [1 / (1 + 2e-6), -1 / (1 + 2e-6),
+                                              -1 / (1 + 2e-6), 1 / (1 + 2e-6)], rtol=1e-9)
+  np.testing.assert_allclose(advantages([1.0, 0.0, 0.0]),
+                             [(2 / 3) / (np.sqrt(2) / 3 + 1e-6), (-1 / 3) / (np.sqrt(2) / 3 + 1e-6),
+                              (-1 / 3) / (np.sqrt(2) / 3 + 1e-6)], rtol=1e-9)
+  np.testing.assert_array_equal(advantages([1.0, 1.0]), [0.0, 0.0])
 
 
 def test_kl_entropy_sft():

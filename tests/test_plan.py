@@ -44,6 +44,7 @@ def _gib(out, label):
   return float(m.group(1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flagfile", ["qwen25_7b_em.flags", "qwen25_7b_rl.flags",
                                       "qwen25_7b_sft.flags"])
 def test_7b_flagfiles_fit_80_gib_on_8_devices(flagfile, qwen7b_dir, shared_dir, tmp_path):
@@ -64,6 +65,7 @@ def test_7b_flagfiles_fit_80_gib_on_8_devices(flagfile, qwen7b_dir, shared_dir, 
   assert not (tmp_path / "run").exists()  # a dry run writes nothing
 
 
+@pytest.mark.slow
 def test_a_micro_batch_that_does_not_fit_exits_non_zero(qwen7b_dir, shared_dir):
   """32 rows per micro-batch (4 per device) at 4096 tokens: the step's attention scores alone
   are 7.0 GiB a tensor per device."""
@@ -141,6 +143,7 @@ def test_vllm_on_every_gpu():
   plan.check_engine_devices(_cfg(), "gpu", 8, distributed=False)  # the built-in sampler
 
 
+@pytest.mark.slow
 def test_a_mesh_the_planned_devices_cannot_hold_is_a_bad_flag(qwen7b_dir, shared_dir):
   p = _dry_run("qwen25_7b_em.flags", qwen7b_dir, shared_dir, "--dry_run_devices=4")
   assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]

@@ -229,6 +229,7 @@ def test_landlock_only_mode_still_confines():
     assert s.run(["print(2)"]).output == "2\n"
 
 
+@pytest.mark.slow  # a server churning through 10,000 executions (30 s)
 def test_no_zombies_or_orphans_after_10000_executions_and_close():
   before = _census()
   s = Sandbox(num_workers=2, timeout_s=5.0)

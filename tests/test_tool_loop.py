@@ -6,8 +6,8 @@ import pytest
 from autocode_jax.interpreter import Sandbox
 from autocode_jax.models import init_model, load_tokenizer, preset
 from autocode_jax.rollout import JaxSampler, SamplingParams
-from autocode_jax.rollout.tool_loop import (Request, code_cells, fence_token_ids, output_block,
-                                            run_tool_loop)
+from autocode_jax.rollout.tool_loop import (ROLES, Request, code_cells, fence_token_ids,
+                                            output_block, run_tool_loop)
 
 from scripted import EOS, ScriptedPolicy
 
@@ -42,7 +42,7 @@ def _run(tok, fences, sandbox, scripts, max_tool_calls=4, prefix=""):
 
 def _check_invariants(tok, t):
   assert len(t.token_ids) == len(t.roles) == len(t.logprobs)
-  assert t.loss_mask == [int(r == "model") for r in t.roles]
+  assert set(t.roles) <= set(ROLES)
   assert all(lp == 0.0 for lp, r in zip(t.logprobs, t.roles) if r != "model")
   assert t.text == tok.decode(t.token_ids)
 

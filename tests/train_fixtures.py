@@ -1,4 +1,4 @@
-"""A deterministic synthetic train batch, and a resumable run used by the kill/resume test."""
+"""A deterministic synthetic train batch and D_train, and the M-step run by the kill/resume test."""
 
 import sys
 
@@ -38,26 +38,49 @@ def make_batch(b=8, t=12, seed=0, vocab=512):
 TOOL_POSITIONS = (6, 7)
 
 
-def resumable_run(ckpt_dir: str, out_path: str, num_steps: int) -> None:
+def dtrain_records(n=8, groups=3, seed=0, vocab=1000):
+  """A D_train of n trajectories in `groups` queries, with tool tokens and decision fields."""
+  r = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    g, m = i % groups, int(r.integers(4, 9))
+    prompt = np.random.default_rng([seed, g]).integers(0, vocab, 3 + g).tolist()
+    roles = "m" * m + "tt" + "m" * 2
+    out.append({"query_id": f"q{g}", "group": f"q{g}", "prompt_ids": prompt,
+                "token_ids": r.integers(0, vocab, len(roles)).tolist(), "roles": roles,
+                "logprobs": (-np.abs(r.normal(size=len(roles))) - 5.5).tolist(),
+                "advantage": float(r.normal()), "decision_ids": [11, 12],
+                "s_star": [1 - 0.3 * g, 0.3 * g]})
+  return out
+
+
+def resumable_run(ckpt_dir: str, out_path: str, tokenizer_dir: str) -> None:
+  """The M-step as train.py runs it (em.mstep.run_mstep on an em.policy.Policy, the latest
+  checkpoint restored first, one saved every 2 steps) over a fixed D_train, 3 epochs of 3
+  steps; prints `step s loss l` per step and saves the final parameters to out_path."""
   import jax
-  from flax import nnx
 
-  from autocode_jax.models import init_model, preset
+  from autocode_jax.em import mstep
+  from autocode_jax.em.config import RunConfig
+  from autocode_jax.em.policy import Policy
+  from autocode_jax.models.tokenizer import load_tokenizer
   from autocode_jax.training.checkpoint import Checkpointer
-  from autocode_jax.training.loop import fit
-  from autocode_jax.training.optimizers import OptimizerConfig, build_optimizer
-  from autocode_jax.training.step import LossConfig, init_train_state, make_train_step
+  from autocode_jax.training.optimizers import OptimizerConfig
 
-  graphdef, params = nnx.split(init_model(preset("tiny-qwen2"), seed=0))
-  opt, sched = build_optimizer(OptimizerConfig(learning_rate=1e-3), params)
-  state, _ = init_train_state(params, opt)
-  step = make_train_step(graphdef, opt, sched, LossConfig(), micro_batch=4)
-  ck = Checkpointer(ckpt_dir, save_every=2, keep=2)
-  state = fit(state, step, lambda s: make_batch(seed=s), num_steps, ck,
-              lambda s, m: print(f"step {s} loss {float(m['loss']):.6f}", flush=True))
-  ck.close()
-  np.savez(out_path, *[np.asarray(x) for x in jax.tree.leaves(state.params)])
+  cfg = RunConfig(run_dir=ckpt_dir, model_preset="tiny-qwen2", tokenizer_dir=tokenizer_dir,
+                  mesh_fsdp=1, train_batch_size=4, micro_batch_size=2, m_step_epochs=3,
+                  length_multiple=16, save_every=2, optimizer=OptimizerConfig(learning_rate=1e-3))
+  policy = Policy.build(cfg, load_tokenizer(tokenizer_dir))
+  ckpt = Checkpointer(ckpt_dir, save_every=cfg.save_every, keep=2)
+  if ckpt.latest_step() is not None:
+    policy.state = ckpt.restore(None, policy.state)
+  records = dtrain_records(n=10)
+  behaviour = [np.asarray(r["logprobs"], np.float32) for r in records]
+  mstep.run_mstep(policy, records, behaviour, 0, 0, ckpt,
+                  lambda s, m: print(f"step {s - 1} loss {m['loss']:.6f}", flush=True))
+  ckpt.close()
+  np.savez(out_path, *[np.asarray(x) for x in jax.tree.leaves(policy.state.params)])
 
 
 if __name__ == "__main__":
-  resumable_run(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+  resumable_run(sys.argv[1], sys.argv[2], sys.argv[3])

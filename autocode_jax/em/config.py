@@ -12,6 +12,7 @@ import importlib.util
 import os
 
 from autocode_jax.data.datasets import DATASETS
+from autocode_jax.flagging import ConfigError, option, required
 from autocode_jax.models.config import PRESET_NAMES
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
@@ -22,7 +23,7 @@ TEMPLATES = ("chat", "plain")
 EVAL_MODES = ("cot", "code", "auto")
 # Fields that may change between a run and its resumption; every other field must match.
 RESUMABLE_CHANGES = ("progress", "tensorboard", "log_every")
-# Flags an algorithm never reads (config fields, and the loss flags of training.flags): setting
+# Flags an algorithm never reads (its own fields, and those of its loss): setting
 # one is refused (em.flags.run_config), so a flag never silently does nothing. rl: no s*, no
 # decision term, D_train = the fresh rollouts; sft: no rollouts, no policy loss, no
 # behaviour or reference log-probs (its evaluation is greedy).
@@ -35,14 +36,6 @@ IGNORED_BY = {
 }
 # Flags read only with branching on.
 BRANCHING_ONLY = ("k_branch", "branch_per_query")
-
-
-class ConfigError(ValueError):
-  """A bad setting; `field` is the offending field (= flag) name."""
-
-  def __init__(self, field: str, message: str):
-    super().__init__(f"{field}: {message}")
-    self.field = field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,71 +75,82 @@ class RunConfig:
   Output: save_every (train steps between checkpoints inside an M-step), keep_checkpoints,
     export_hf (HuggingFace export after each M-step), tensorboard, progress (bars), log_every.
   """
-  run_dir: str
-  algorithm: str = "em"
-  seed: int = 0
-  init_from: str = ""
-  model_preset: str = ""
-  tokenizer_dir: str = ""
-  template: str = "chat"
-  param_dtype: str = "float32"
-  dtype: str = "float32"
-  remat: str = "none"
-  logprob_chunk: int = 512
-  layer_loop: str = "auto"
-  mesh_data: int = 1
-  mesh_fsdp: int = -1
-  mesh_tensor: int = 1
-  data_dir: str = "../shared/data"
-  train_set: str = "math_train"
-  task_seed: int = 0
-  synthetic_code_share: float = 0.1
-  num_queries: int = 0
-  queries_per_iteration: int = 64
-  epochs: int = 1
-  eval_set: str = ""
-  eval_size: int = 0
-  eval_every: int = 1
-  eval_modes: tuple[str, ...] = ("auto",)
-  eval_max_tokens: int = 0
-  k: int = 8
-  m: int = 0
-  alpha: float = 4.0
-  temperature: float = 1.0
-  top_p: float = 0.9
-  max_tokens: int = 1024
-  max_tool_calls: int = 4
-  rollout_chunk: int = 64
-  drop_uniform_groups: bool = False
-  branching: bool = False
-  k_branch: int = 4
-  branch_per_query: int = 1
-  sandbox_workers: int = 2
-  sandbox_timeout_s: float = 5.0
-  sandbox_memory_mb: int = 1024
-  max_output_chars: int = 512
-  grade_timeout_s: float = 5.0
-  engine: str = "jax"
-  vllm_tensor_parallel: int = 1
-  vllm_gpu_memory_utilization: float = 0.5
-  vllm_max_model_len: int = 4096
-  vllm_sleep: bool = False
-  vllm_enforce_eager: bool = False
-  vllm_kv_cache_mb: int = 0
-  jax_memory_fraction: float = 0.0
-  train_batch_size: int = 64
-  micro_batch_size: int = 0
-  m_step_epochs: int = 1
-  length_multiple: int = 128
-  logprob_batch_size: int = 16
+  run_dir: str = required("run directory: checkpoints, D_train, metrics; rerun the command to "
+                           "resume")
+  algorithm: str = option("em", "em (the method), rl (on-policy GRPO baseline) or sft (train on "
+                                "given solutions)", choices=ALGORITHMS)
+  seed: int = option(0, "seed of initialisation, query order and rollouts")
+  init_from: str = option("", "HuggingFace model directory to start from")
+  model_preset: str = option("", "random-init preset instead of init_from (debug); vocab follows "
+                                 "the tokenizer")
+  tokenizer_dir: str = option("", "tokenizer directory (default: init_from)")
+  template: str = option("chat", "prompt template: chat (instruct models) or plain (base "
+                                  "models)", choices=TEMPLATES)
+  param_dtype: str = option("float32", "parameter dtype")
+  dtype: str = option("float32", "compute dtype")
+  remat: str = option("none", "remat policy per block")
+  logprob_chunk: int = option(512, "sequence chunk of the log-prob projection")
+  layer_loop: str = option("auto", "decoder blocks scanned, unrolled, or auto (unrolled up to 8 "
+                                   "layers)")
+  mesh_data: int = option(1, "data-parallel mesh axis size")
+  mesh_fsdp: int = option(-1, "FSDP mesh axis size (-1: rest)")
+  mesh_tensor: int = option(1, "tensor-parallel mesh axis size")
+  data_dir: str = option("../shared/data", "directory laid out like shared/data")
+  train_set: str = option("math_train", "training query set")
+  task_seed: int = option(0, "seed of the synthetic task's problems (train_set=synthetic)")
+  synthetic_code_share: float = option(0.1, "share of the synthetic warm-start corpus's "
+                                            "plain-prompt answers that use code "
+                                            "(train_set=synthetic, algorithm=sft)")
+  num_queries: int = option(0, "queries sampled from train_set by difficulty (0: all)")
+  queries_per_iteration: int = option(64, "queries per EM iteration")
+  epochs: int = option(1, "passes over the queries")
+  eval_set: str = option("", "dev set evaluated every eval_every iterations (empty: none)")
+  eval_size: int = option(0, "dev queries (0: all)")
+  eval_every: int = option(1, "iterations between evaluations")
+  eval_modes: tuple[str, ...] = option(("auto",), "prompt modes evaluated (cot, code, auto)")
+  eval_max_tokens: int = option(0, "response budget in evaluation (0: max_tokens)")
+  k: int = option(8, "rollouts per probe (K)")
+  m: int = option(0, "trajectories per query into D_train (M; 0: K)")
+  alpha: float = option(4.0, "alpha of the reference strategy s* (Eq. 5)")
+  temperature: float = option(1.0, "sampling temperature")
+  top_p: float = option(0.9, "nucleus mass")
+  max_tokens: int = option(1024, "response tokens at most (prefix and tool included)")
+  max_tool_calls: int = option(4, "code executions per trajectory at most")
+  rollout_chunk: int = option(64, "queries rolled out, graded and written to disk at a time")
+  drop_uniform_groups: bool = option(False, "drop queries whose D_train rewards are all equal")
+  branching: bool = option(False, "mid-reasoning branching at the first code block (from iteration "
+                                  "2 on)")
+  k_branch: int = option(4, "continuations per branch and per decision")
+  branch_per_query: int = option(1, "code trajectories branched per query")
+  sandbox_workers: int = option(2, "sandbox server processes")
+  sandbox_timeout_s: float = option(5.0, "seconds per execution")
+  sandbox_memory_mb: int = option(1024, "address-space limit per execution")
+  max_output_chars: int = option(512, "interpreter output shown to the model at most")
+  grade_timeout_s: float = option(5.0, "seconds per answer comparison")
+  engine: str = option("jax", "rollout engine: jax (built-in sampler) or vllm", choices=ENGINES)
+  vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
+  vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
+  vllm_max_model_len: int = option(4096, "vLLM max_model_len")
+  vllm_sleep: bool = option(False, "put vLLM to sleep during M-steps")
+  vllm_enforce_eager: bool = option(False, "vLLM enforce_eager (no graph capture or compilation)")
+  vllm_kv_cache_mb: int = option(0, "vLLM KV-cache size in MiB (0: from "
+                                    "vllm_gpu_memory_utilization)")
+  jax_memory_fraction: float = option(0.0, "share of each GPU's memory JAX may allocate (0: auto; "
+                                           "with vLLM 1 - vllm_gpu_memory_utilization - 0.05, "
+                                           "preallocation off)")
+  train_batch_size: int = option(64, "trajectories per update")
+  micro_batch_size: int = option(0, "rows per micro-batch (gradient accumulation; 0: none)")
+  m_step_epochs: int = option(1, "passes over D_train per M-step")
+  length_multiple: int = option(128, "sequence padding bucket")
+  logprob_batch_size: int = option(16, "rows per behaviour log-prob pass")
   optimizer: OptimizerConfig = OptimizerConfig()
   loss: LossConfig = LossConfig()
-  save_every: int = 50
-  keep_checkpoints: int = 2
-  export_hf: bool = True
-  tensorboard: bool = False
-  progress: bool = True
-  log_every: int = 1
+  save_every: int = option(50, "train steps between checkpoints inside an M-step")
+  keep_checkpoints: int = option(2, "checkpoints kept")
+  export_hf: bool = option(True, "HuggingFace export after each M-step")
+  tensorboard: bool = option(False, "also write TensorBoard event files")
+  progress: bool = option(True, "progress bars")
+  log_every: int = option(1, "M-step steps between metric lines")
 
   def __post_init__(self):
     def need(ok: bool, field: str, message: str):
@@ -155,6 +159,12 @@ class RunConfig:
 
     need(bool(self.run_dir), "run_dir", "a directory for checkpoints and data is required")
     need(self.algorithm in ALGORITHMS, "algorithm", f"expected one of {ALGORITHMS}")
+    # The loss follows the algorithm, decided here only: sft trains on given solutions; rl has
+    # no decision term (its D_train carries no s*; the --ce_coef flag is refused for it).
+    kind = "sft" if self.algorithm == "sft" else "policy"
+    ce_coef = 0.0 if self.algorithm == "rl" else self.loss.ce_coef
+    if (self.loss.kind, self.loss.ce_coef) != (kind, ce_coef):
+      object.__setattr__(self, "loss", dataclasses.replace(self.loss, kind=kind, ce_coef=ce_coef))
     need(bool(self.init_from) != bool(self.model_preset), "init_from",
          "give exactly one of init_from (a HuggingFace directory) and model_preset")
     need(not self.model_preset or self.model_preset in PRESET_NAMES, "model_preset",
@@ -203,11 +213,6 @@ class RunConfig:
          "micro_batch_size", f"must divide train_batch_size={self.train_batch_size}")
     need(not (self.branching and self.algorithm != "em"), "branching",
          "mid-reasoning branching is part of the em E-step only")
-    need(self.loss.kind == ("sft" if self.algorithm == "sft" else "policy"), "algorithm",
-         f"loss kind {self.loss.kind!r} does not fit algorithm {self.algorithm!r}")
-    need(not (self.algorithm == "rl" and self.loss.ce_coef), "algorithm",
-         f"rl has no decision term (its D_train carries no s*): set ce_coef=0 "
-         f"(ce_coef={self.loss.ce_coef})")
     need(not (self.algorithm == "sft" and (self.loss.kl_coef or self.loss.entropy_coef)),
          "algorithm", "sft's loss has no KL or entropy term: kl_coef and entropy_coef must be 0")
 
@@ -256,10 +261,27 @@ def validate_paths(cfg: RunConfig, plan_only: bool = False) -> None:
                       "directory")
 
 
+# Fields renamed to their flag's name since a run directory's config.json could have been
+# written (old name -> new), so such a run still resumes.
+RENAMED = {"optimizer": {"name": "optimizer", "schedule": "lr_schedule", "b1": "adam_b1",
+                         "b2": "adam_b2", "eps": "adam_eps"},
+           "loss": {"aggregation": "loss_aggregation"}}
+
+
 def config_from_json(d: dict) -> RunConfig:
+  """The RunConfig of a run directory's config.json (to_json's), of this version or an older
+  one (RENAMED); an unknown field is a ConfigError naming it."""
   d = dict(d)
-  d["optimizer"] = OptimizerConfig(**d["optimizer"])
-  d["loss"] = LossConfig(**d["loss"])
+  parts = {"optimizer": OptimizerConfig, "loss": LossConfig}
+  for part, cls in parts.items():
+    fields = {RENAMED[part].get(k, k): v for k, v in d[part].items()}
+    unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+      raise ConfigError(f"{part}.{sorted(unknown)[0]}", "not a field of this version")
+    d[part] = cls(**fields)
+  unknown = set(d) - {f.name for f in dataclasses.fields(RunConfig)}
+  if unknown:
+    raise ConfigError(sorted(unknown)[0], "not a field of this version")
   d["eval_modes"] = tuple(d["eval_modes"])
   return RunConfig(**d)
 

@@ -105,7 +105,11 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
   _barrier("run-dir")
   if os.path.exists(path):
     with open(path) as f:
-      saved = config_from_json(json.load(f))
+      try:
+        saved = config_from_json(json.load(f))
+      except ConfigError as e:
+        raise ConfigError("run_dir", f"{path} was written by another version ({e}); use a new "
+                          "run_dir") from None
     diff = resume_conflicts(saved, cfg)
     if diff:
       raise ConfigError(diff[0].split(":")[0], f"{cfg.run_dir} holds a run with other settings; "
@@ -273,7 +277,7 @@ class Runner:
       if step % cfg.log_every == 0:
         self.metrics.write("mstep", step, m, iteration=it)
 
-    mstep.run_mstep(self.policy, records, behaviour, cfg.loss, it, start, self.ckpt, on_step)
+    mstep.run_mstep(self.policy, records, behaviour, it, start, self.ckpt, on_step)
     bar.close()
     secs = time.perf_counter() - t0
     steps = self.policy.step - done0

@@ -76,19 +76,20 @@ def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pa
   return batch
 
 
-def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray], loss_cfg,
+def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray],
               iteration: int, start_step: int, checkpointer,
               on_step: Callable[[int, dict], None] | None = None) -> int:
   """Train steps policy.step .. end over D_train (end = start_step + epochs x steps per epoch),
-  saving a checkpoint every `save_every` steps and at the end. Returns the number of steps."""
+  saving a checkpoint every `save_every` steps and at the end; every setting (batch, loss,
+  seed) is the policy's run config's. Returns the number of steps."""
   cfg = policy.cfg
   bs = cfg.train_batch_size
   total = cfg.m_step_epochs * steps_per_epoch(len(records), bs) if records else 0
-  step_fn = policy.train_step(loss_cfg, bs)
+  step_fn = policy.train_step()
   for s in range(policy.step, start_step + total):
     idx = batch_indices(len(records), bs, cfg.seed, iteration, s - start_step)
     batch = make_batch(records, behaviour, idx, policy.pad_id, cfg.length_multiple,
-                       loss_cfg.decision_term, reference=bool(loss_cfg.kl_coef))
+                       cfg.loss.decision_term, reference=bool(cfg.loss.kl_coef))
     policy.state, metrics = step_fn(policy.state, policy.to_global(batch))
     if on_step is not None:
       on_step(s + 1, {k: float(local_value(v)) for k, v in metrics.items()})

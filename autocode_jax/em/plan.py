@@ -216,7 +216,7 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   micro = cfg.micro_batch_size or b
   param_b, opt_b = per_device_bytes(state.params), per_device_bytes(state.opt_state)
   lines = [(f"parameters: {n_params / 1e9:.2f} B in {mc.param_dtype}", param_b, "exact"),
-           (f"optimizer state: {cfg.optimizer.name}", opt_b, "exact"),
+           (f"optimizer state: {cfg.optimizer.optimizer}", opt_b, "exact"),
            (f"gradients: {mc.param_dtype}, in the step's temporaries", param_b, "exact")]
 
   step = make_train_step(graphdef, optimizer, schedule, cfg.loss,

@@ -76,7 +76,7 @@ class Policy:
     state, shardings = init_train_state(params, optimizer, mesh)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     policy = cls(cfg, mc, mesh, graphdef, state, shardings, optimizer, schedule, pad)
-    policy._steps = {}
+    policy._step = None
     return policy
 
   @property
@@ -120,14 +120,14 @@ class Policy:
 
   # -- compute -----------------------------------------------------------------------------------
 
-  def train_step(self, loss_cfg, batch_size: int):
-    key = (loss_cfg, batch_size)
-    if key not in self._steps:
-      self._steps[key] = make_train_step(
-          self.graphdef, self.optimizer, self.schedule, loss_cfg,
+  def train_step(self):
+    """The jitted train step of the run config (its loss, batch and micro-batch sizes)."""
+    if self._step is None:
+      self._step = make_train_step(
+          self.graphdef, self.optimizer, self.schedule, self.cfg.loss,
           micro_batch=self.cfg.micro_batch_size or None, mesh=self.mesh,
-          state_shardings=self.shardings, batch_size=batch_size)
-    return self._steps[key]
+          state_shardings=self.shardings, batch_size=self.cfg.train_batch_size)
+    return self._step
 
   def behaviour_logprobs(self, records: list[dict]) -> list[np.ndarray]:
     """log pi(y_t | x, y<t) of every response token of every record, under the current

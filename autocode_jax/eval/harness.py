@@ -16,7 +16,8 @@ from autocode_jax.data.datasets import DATASETS, load_dataset
 from autocode_jax.data.sampling import stratified_sample
 from autocode_jax.data.store import write_jsonl
 from autocode_jax.em import explore
-from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES, ConfigError
+from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES
+from autocode_jax.flagging import ConfigError, option, required
 from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
@@ -29,37 +30,39 @@ class EvalConfig:
   sampled_benchmarks are scored as the mean over `samples` samples at `sample_temperature`
   (METHOD.md: AIME24 and AMC23, n = 64, T = 0.6), the others greedily. The other fields mean
   what they mean in em.config.RunConfig."""
-  model_dir: str
-  out_dir: str
-  tokenizer_dir: str = ""
-  template: str = "chat"
-  benchmarks: tuple[str, ...] = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24",
-                                 "amc23")
-  data_dir: str = "../shared/data"
-  limit: int = 0
-  modes: tuple[str, ...] = ("cot", "code", "auto")
-  sampled_benchmarks: tuple[str, ...] = ("aime24", "amc23")
-  samples: int = 64
-  sample_temperature: float = 0.6
-  max_tokens: int = 2048
-  max_tool_calls: int = 4
-  seed: int = 0
-  param_dtype: str = "float32"
-  dtype: str = "float32"
-  mesh_data: int = 1
-  mesh_fsdp: int = -1
-  mesh_tensor: int = 1
-  engine: str = "jax"
-  vllm_tensor_parallel: int = 1
-  vllm_gpu_memory_utilization: float = 0.8
-  vllm_max_model_len: int = 4096
-  vllm_enforce_eager: bool = False
-  vllm_kv_cache_mb: int = 0
-  sandbox_workers: int = 2
-  sandbox_timeout_s: float = 5.0
-  sandbox_memory_mb: int = 1024
-  max_output_chars: int = 512
-  grade_timeout_s: float = 5.0
+  model_dir: str = required("HuggingFace model directory to evaluate")
+  out_dir: str = required("where results go")
+  tokenizer_dir: str = option("", "tokenizer directory (default: model_dir)")
+  template: str = option("chat", "chat (instruct models) or plain (base models)",
+                         choices=TEMPLATES)
+  benchmarks: tuple[str, ...] = option(("gsm8k", "math500", "gaokao2023en", "olympiadbench",
+                                        "aime24", "amc23"), "benchmarks to evaluate")
+  data_dir: str = option("../shared/data", "directory laid out like shared/data")
+  limit: int = option(0, "queries per benchmark, a stratified sample (0: all)")
+  modes: tuple[str, ...] = option(("cot", "code", "auto"), "prompt modes (cot, code, auto)")
+  sampled_benchmarks: tuple[str, ...] = option(
+      ("aime24", "amc23"), "benchmarks scored as the mean over --samples samples")
+  samples: int = option(64, "samples per query on sampled_benchmarks")
+  sample_temperature: float = option(0.6, "temperature of those samples")
+  max_tokens: int = option(2048, "response tokens at most")
+  max_tool_calls: int = option(4, "code executions per response")
+  seed: int = option(0, "seed of the query sample and the rollouts")
+  param_dtype: str = option("float32", "parameter dtype")
+  dtype: str = option("float32", "compute dtype")
+  mesh_data: int = option(1, "data mesh axis")
+  mesh_fsdp: int = option(-1, "FSDP mesh axis")
+  mesh_tensor: int = option(1, "tensor mesh axis")
+  engine: str = option("jax", "jax (built-in sampler) or vllm", choices=ENGINES)
+  vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
+  vllm_gpu_memory_utilization: float = option(0.8, "vLLM gpu_memory_utilization")
+  vllm_max_model_len: int = option(4096, "vLLM max_model_len")
+  vllm_enforce_eager: bool = option(False, "vLLM enforce_eager")
+  vllm_kv_cache_mb: int = option(0, "vLLM KV-cache MiB (0: from the memory share)")
+  sandbox_workers: int = option(2, "sandbox server processes")
+  sandbox_timeout_s: float = option(5.0, "seconds per execution")
+  sandbox_memory_mb: int = option(1024, "address-space limit per execution")
+  max_output_chars: int = option(512, "interpreter output shown at most")
+  grade_timeout_s: float = option(5.0, "seconds per answer comparison")
 
   # What the Explorer reads besides the fields above.
   k = 1

@@ -40,10 +40,6 @@ class Trajectory:
   grade_failure: str | None = None  # 'timeout' or 'error' when the grader could not say
 
   @property
-  def loss_mask(self) -> list[int]:
-    return [1 if r == "model" else 0 for r in self.roles]
-
-  @property
   def num_tool_calls(self) -> int:
     return len(self.tool_statuses)
 

@@ -24,12 +24,13 @@ import os
 
 import numpy as np
 
-from autocode_jax import synthetic
+from autocode_jax import flagging, synthetic
 from autocode_jax.em import mstep
-from autocode_jax.em.config import ConfigError, RunConfig
+from autocode_jax.em.config import RunConfig
 from autocode_jax.em.metrics import read_metrics
 from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.flagging import ConfigError, option
 from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
 
@@ -38,15 +39,14 @@ METHODS = ("em", "rl", "sft")
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-  """demo_methods: what runs from the warm start; demo_warm_queries problems, demo_warm_epochs
-  passes, demo_warm_learning_rate (cosine to a tenth), demo_warm_batch_size: the SFT warm start;
-  demo_vocab_size: the task tokenizer's vocabulary."""
-  demo_methods: tuple[str, ...] = METHODS
-  demo_warm_queries: int = 2000
-  demo_warm_epochs: int = 3
-  demo_warm_learning_rate: float = 3e-3
-  demo_warm_batch_size: int = 32
-  demo_vocab_size: int = 512
+  """The demo's own settings (flags beside RunConfig's): the methods run from the warm start,
+  and the SFT warm start itself (its learning rate decays by cosine to a tenth)."""
+  demo_methods: tuple[str, ...] = option(METHODS, "methods run from the warm start (em, rl, sft)")
+  demo_warm_queries: int = option(2000, "synthetic problems of the SFT warm start")
+  demo_warm_epochs: int = option(3, "passes of the warm start over them")
+  demo_warm_learning_rate: float = option(3e-3, "peak learning rate of the warm start")
+  demo_warm_batch_size: int = option(32, "examples per warm-start update")
+  demo_vocab_size: int = option(512, "vocabulary of the task's tokenizer")
 
   def __post_init__(self):
     if not self.demo_methods or any(m not in METHODS for m in self.demo_methods):
@@ -59,27 +59,16 @@ class DemoConfig:
       raise ConfigError("demo_warm_learning_rate", "must be positive")
 
 
-DEMO_HELP = {
-    "demo_methods": "methods run from the warm start (em, rl, sft)",
-    "demo_warm_queries": "synthetic problems of the SFT warm start",
-    "demo_warm_epochs": "passes of the warm start over them",
-    "demo_warm_learning_rate": "peak learning rate of the warm start",
-    "demo_warm_batch_size": "examples per warm-start update",
-    "demo_vocab_size": "vocabulary of the task's tokenizer"}
-
-
 def define_flags(fv) -> None:
   """--demo and the DemoConfig flags (beside em.flags.define_flags)."""
   from absl import flags
-  from autocode_jax.em import flags as em_flags
-  em_flags.define_dataclass_flags(DemoConfig, DEMO_HELP, fv)
+  flagging.define_flags(DemoConfig, fv)
   flags.DEFINE_bool("demo", False, "the embedded CPU demo: warm start, then EM and RL, compared",
                     flag_values=fv)
 
 
 def demo_config(fv) -> DemoConfig:
-  from autocode_jax.em import flags as em_flags
-  return DemoConfig(**em_flags.dataclass_kwargs(DemoConfig, fv))
+  return flagging.from_flags(DemoConfig, fv)
 
 
 def check(cfg: RunConfig) -> None:
@@ -106,10 +95,9 @@ def phase_configs(cfg: RunConfig, demo: DemoConfig) -> dict[str, RunConfig]:
       num_queries=demo.demo_warm_queries, queries_per_iteration=demo.demo_warm_queries,
       epochs=demo.demo_warm_epochs, eval_every=demo.demo_warm_epochs,
       train_batch_size=demo.demo_warm_batch_size, micro_batch_size=0, m_step_epochs=1,
-      branching=False,
-      loss=LossConfig(kind="sft"),
+      branching=False, loss=LossConfig(),  # sft's loss, kind set by RunConfig: no KL or entropy
       optimizer=dataclasses.replace(cfg.optimizer, learning_rate=demo.demo_warm_learning_rate,
-                                    schedule="cosine", warmup_steps=min(20, steps - 1),
+                                    lr_schedule="cosine", warmup_steps=min(20, steps - 1),
                                     total_steps=steps, end_lr_ratio=0.1))
   out = {"warm": warm}
   hf = os.path.join(warm.run_dir, "hf_policy")
@@ -119,15 +107,14 @@ def phase_configs(cfg: RunConfig, demo: DemoConfig) -> dict[str, RunConfig]:
     if m == "em":
       out[m] = dataclasses.replace(cfg, **common)
     elif m == "rl":
-      out[m] = dataclasses.replace(cfg, **common, k=2 * cfg.k, branching=False,
-                                   loss=dataclasses.replace(cfg.loss, ce_coef=0.0))
+      out[m] = dataclasses.replace(cfg, **common, k=2 * cfg.k, branching=False)
     else:  # EM's updates per iteration: m_step_epochs passes of its D_train (M per query)
       em_steps = mstep.steps_per_epoch(cfg.queries_per_iteration * cfg.m_effective,
                                        cfg.train_batch_size)
       examples = 2 * cfg.queries_per_iteration  # the corpus has two per problem
       bs = -(-examples // em_steps)
       out[m] = dataclasses.replace(cfg, **common, branching=False, train_batch_size=bs,
-                                   micro_batch_size=0, loss=LossConfig(kind="sft"))
+                                   micro_batch_size=0, loss=LossConfig())
   return out
 
 

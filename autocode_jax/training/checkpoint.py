@@ -27,9 +27,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._mngr.latest_step()
 
-  def all_steps(self) -> list[int]:
-    return list(self._mngr.all_steps())
-
   def save(self, step: int, state, force: bool = False) -> bool:
     """Saves if `step` is due (every `save_every`) or `force`; returns whether it saved."""
     return self._mngr.save(step, args=ocp.args.StandardSave(state), force=force)

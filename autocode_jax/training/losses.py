@@ -41,17 +41,6 @@ def aggregate(values_bt, mask_bt, mode: str = "token_mean", denominator=None):
   return total / jnp.maximum(denominator, 1.0)
 
 
-def group_advantages(rewards_b, group_ids_b, num_groups: int, eps: float = 1e-6):
-  """A_b = (r_b - mean_g r) / (std_g r + eps), g the group (query) of b; std is the population
-  standard deviation (ddof = 0). A group whose rewards are all equal gets A = 0."""
-  rewards_b = rewards_b.astype(jnp.float32)
-  count = jax.ops.segment_sum(jnp.ones_like(rewards_b), group_ids_b, num_groups)
-  mean = jax.ops.segment_sum(rewards_b, group_ids_b, num_groups) / jnp.maximum(count, 1.0)
-  centred = rewards_b - mean[group_ids_b]
-  var = jax.ops.segment_sum(centred ** 2, group_ids_b, num_groups) / jnp.maximum(count, 1.0)
-  return centred / (jnp.sqrt(var)[group_ids_b] + eps)
-
-
 def policy_loss(logp_bt, old_logp_bt, adv_b, mask_bt, *, eps_low: float = 0.2,
                 eps_high: float = 0.2, dual_clip: float | None = None,
                 ratio_level: str = "token", aggregation: str = "token_mean", denominator=None):

@@ -12,51 +12,53 @@ import jax
 import optax
 from flax import nnx
 
+from autocode_jax.flagging import ConfigError, option
+
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """name: one of OPTIMIZERS. learning_rate: peak rate. schedule: one of SCHEDULES, each after
-  `warmup_steps` of linear warmup from 0; linear and cosine decay to `end_lr_ratio` x peak at
-  `total_steps`. weight_decay: decoupled (adamw, lion, adafactor, sgd), masked as above; adam
-  takes none. b1, b2, eps: Adam/Lion moments. momentum: sgd (0 = plain). max_grad_norm: global-
-  norm clipping (0 = off)."""
-  name: str = "adamw"
-  learning_rate: float = 1e-6
-  schedule: str = "constant"
-  warmup_steps: int = 0
-  total_steps: int = 1000
-  end_lr_ratio: float = 0.0
-  weight_decay: float = 0.0
-  b1: float = 0.9
-  b2: float = 0.999
-  eps: float = 1e-8
-  momentum: float = 0.9
-  max_grad_norm: float = 1.0
+  """The optimizer and its learning-rate schedule; every field is a flag of its name. Each
+  schedule starts with `warmup_steps` of linear warmup from 0; linear and cosine decay to
+  `end_lr_ratio` x peak at `total_steps`. Weight decay is decoupled (adamw, lion, adafactor,
+  sgd) and masked as the module docstring says; adam takes none."""
+  optimizer: str = option("adamw", "optimizer", choices=OPTIMIZERS)
+  learning_rate: float = option(1e-6, "peak learning rate")
+  lr_schedule: str = option("constant", "schedule after warmup", choices=SCHEDULES)
+  warmup_steps: int = option(0, "linear warmup updates")
+  total_steps: int = option(1000, "updates the schedule spans")
+  end_lr_ratio: float = option(0.0, "final / peak rate (linear, cosine)")
+  weight_decay: float = option(0.0, "decoupled weight decay")
+  adam_b1: float = option(0.9, "Adam / Lion beta1")
+  adam_b2: float = option(0.999, "Adam / Lion beta2")
+  adam_eps: float = option(1e-8, "Adam epsilon")
+  momentum: float = option(0.9, "SGD momentum (0: plain SGD)")
+  max_grad_norm: float = option(1.0, "global-norm clip (0: off)")
 
   def __post_init__(self):
-    if self.name not in OPTIMIZERS:
-      raise ValueError(f"optimizer={self.name!r}: expected one of {OPTIMIZERS}")
-    if self.schedule not in SCHEDULES:
-      raise ValueError(f"lr_schedule={self.schedule!r}: expected one of {SCHEDULES}")
-    if not self.learning_rate > 0:
-      raise ValueError(f"learning_rate={self.learning_rate!r}: must be positive")
-    if self.warmup_steps < 0 or self.total_steps <= self.warmup_steps and self.schedule != "constant":
-      raise ValueError(f"warmup_steps={self.warmup_steps}, total_steps={self.total_steps}: "
-                       "need 0 <= warmup_steps < total_steps")
-    if self.weight_decay < 0 or self.max_grad_norm < 0:
-      raise ValueError("weight_decay and max_grad_norm must be >= 0")
-    if self.name == "adam" and self.weight_decay:
-      raise ValueError("optimizer='adam' takes no weight_decay: use 'adamw'")
+    def need(ok: bool, field: str, message: str):
+      if not ok:
+        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
+
+    need(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}")
+    need(self.lr_schedule in SCHEDULES, "lr_schedule", f"expected one of {SCHEDULES}")
+    need(self.learning_rate > 0, "learning_rate", "must be positive")
+    need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+    need(self.lr_schedule == "constant" or self.warmup_steps < self.total_steps, "total_steps",
+         f"must exceed warmup_steps={self.warmup_steps}")
+    need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+    need(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0")
+    need(not (self.optimizer == "adam" and self.weight_decay), "weight_decay",
+         "optimizer=adam takes no weight decay: use adamw")
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
   peak, warm = cfg.learning_rate, cfg.warmup_steps
-  if cfg.schedule == "constant":
+  if cfg.lr_schedule == "constant":
     after = optax.constant_schedule(peak)
-  elif cfg.schedule == "linear":
+  elif cfg.lr_schedule == "linear":
     after = optax.linear_schedule(peak, peak * cfg.end_lr_ratio, cfg.total_steps - warm)
   else:
     after = optax.cosine_decay_schedule(peak, cfg.total_steps - warm, alpha=cfg.end_lr_ratio)
@@ -75,15 +77,16 @@ def build_optimizer(cfg: OptimizerConfig, params: nnx.State):
   """(optax transformation, schedule) for these (possibly abstract) parameters."""
   lr = make_schedule(cfg)
   mask = decay_mask(params)
-  if cfg.name == "adamw":
-    core = optax.adamw(lr, cfg.b1, cfg.b2, cfg.eps, weight_decay=cfg.weight_decay, mask=mask)
-  elif cfg.name == "adam":
-    core = optax.adam(lr, cfg.b1, cfg.b2, cfg.eps)
-  elif cfg.name == "sgd":
+  if cfg.optimizer == "adamw":
+    core = optax.adamw(lr, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps,
+                       weight_decay=cfg.weight_decay, mask=mask)
+  elif cfg.optimizer == "adam":
+    core = optax.adam(lr, cfg.adam_b1, cfg.adam_b2, cfg.adam_eps)
+  elif cfg.optimizer == "sgd":
     core = optax.chain(optax.add_decayed_weights(cfg.weight_decay, mask),
                        optax.sgd(lr, momentum=cfg.momentum or None))
-  elif cfg.name == "lion":
-    core = optax.lion(lr, cfg.b1, cfg.b2, weight_decay=cfg.weight_decay, mask=mask)
+  elif cfg.optimizer == "lion":
+    core = optax.lion(lr, cfg.adam_b1, cfg.adam_b2, weight_decay=cfg.weight_decay, mask=mask)
   else:
     core = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None,
                            weight_decay_mask=mask)

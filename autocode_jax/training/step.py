@@ -26,28 +26,32 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from autocode_jax.flagging import ConfigError, option
 from autocode_jax.models import sharding as sharding_lib
 from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
 
+LOSS_KINDS = ("policy", "sft")
+RATIO_LEVELS = ("token", "sequence")
 BATCH_KEYS = ("tokens", "attention_mask", "policy_mask", "old_logprobs", "advantages")
 DECISION_KEYS = ("decision_tokens", "decision_attention", "decision_mask", "decision_s1")
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  """kind: "policy" (L_pg + beta L_ce + ...) or "sft". eps_low/eps_high/dual_clip/ratio_level:
-  see losses.policy_loss. aggregation: token_mean or seq_mean. ce_coef: beta of the decision
-  term (losses.decision_loss). kl_coef, entropy_coef: optional terms (0 = off)."""
+  """The loss of a train step. kind (set by the run, not a flag): "policy" (L_pg + beta L_ce +
+  optional KL and entropy terms) or "sft". The clip and aggregation fields are those of
+  losses.policy_loss; ce_coef is beta of the decision term (losses.decision_loss)."""
   kind: str = "policy"
-  eps_low: float = 0.2
-  eps_high: float = 0.2
-  dual_clip: float | None = None
-  ratio_level: str = "token"
-  aggregation: str = "token_mean"
-  ce_coef: float = 1.0
-  kl_coef: float = 0.0
-  entropy_coef: float = 0.0
+  eps_low: float = option(0.2, "ratio clip below 1")
+  eps_high: float = option(0.2, "ratio clip above 1")
+  dual_clip: float | None = option(None, "dual-clip constant c > 1 (unset: off)")
+  ratio_level: str = option("token", "importance ratio level", choices=RATIO_LEVELS)
+  loss_aggregation: str = option("token_mean", "token aggregation",
+                                 choices=losses.AGGREGATIONS)
+  ce_coef: float = option(1.0, "beta: weight of the decision cross-entropy")
+  kl_coef: float = option(0.0, "KL-to-reference weight")
+  entropy_coef: float = option(0.0, "entropy bonus weight")
 
   @property
   def decision_term(self) -> bool:
@@ -55,16 +59,17 @@ class LossConfig:
     return self.kind == "policy" and bool(self.ce_coef)
 
   def __post_init__(self):
-    if self.kind not in ("policy", "sft"):
-      raise ValueError(f"loss kind={self.kind!r}: expected 'policy' or 'sft'")
-    if self.ratio_level not in ("token", "sequence"):
-      raise ValueError(f"ratio_level={self.ratio_level!r}: expected 'token' or 'sequence'")
-    if self.aggregation not in losses.AGGREGATIONS:
-      raise ValueError(f"aggregation={self.aggregation!r}: expected one of {losses.AGGREGATIONS}")
-    if not (0 <= self.eps_low < 1 and self.eps_high >= 0):
-      raise ValueError(f"eps_low={self.eps_low}, eps_high={self.eps_high}: need 0 <= eps_low < 1")
-    if self.dual_clip is not None and self.dual_clip <= 1:
-      raise ValueError(f"dual_clip={self.dual_clip}: must be > 1")
+    def need(ok: bool, field: str, message: str):
+      if not ok:
+        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
+
+    need(self.kind in LOSS_KINDS, "kind", f"expected one of {LOSS_KINDS}")
+    need(self.ratio_level in RATIO_LEVELS, "ratio_level", f"expected one of {RATIO_LEVELS}")
+    need(self.loss_aggregation in losses.AGGREGATIONS, "loss_aggregation",
+         f"expected one of {losses.AGGREGATIONS}")
+    need(0 <= self.eps_low < 1, "eps_low", "must be in [0, 1)")
+    need(self.eps_high >= 0, "eps_high", "must be >= 0")
+    need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1")
 
 
 class TrainState(NamedTuple):
@@ -85,7 +90,7 @@ def denominators(batch, cfg: LossConfig) -> dict:
 def loss_from_logprobs(logp_bt, entropy_bt, batch, cfg: LossConfig, denoms, decision_logp_bt=None):
   """(loss, parts) from per-token log-probs aligned with tokens (and, with ce_coef, those of the
   decision rows aligned with decision_tokens): everything after the model."""
-  pm, agg = batch["policy_mask"], cfg.aggregation
+  pm, agg = batch["policy_mask"], cfg.loss_aggregation
   pol_denom = denoms["policy"]["seq_mean" if cfg.ratio_level == "sequence" else agg]
   if cfg.kind == "sft":
     loss = losses.sft_loss(logp_bt, pm, agg, denoms["policy"][agg])

@@ -1,0 +1,113 @@
+"""One flag mechanism: every config field is a flag of its own name, built the same way for the
+run, its optimizer and loss, the evaluation and the demo; old run directories still resume."""
+
+import dataclasses
+import json
+
+import pytest
+from absl import flags
+
+from autocode_jax import flagging
+from autocode_jax.em import config as config_lib
+from autocode_jax.em import flags as em_flags
+from autocode_jax.em.config import RunConfig
+from autocode_jax.eval.harness import EvalConfig
+from autocode_jax.synthetic.demo import DemoConfig
+from autocode_jax.training.optimizers import OptimizerConfig
+from autocode_jax.training.step import LossConfig
+
+
+def _fields(cls):
+  out = []
+  for f in dataclasses.fields(cls):
+    if dataclasses.is_dataclass(f.default):
+      out += _fields(type(f.default))
+    elif f.name != "kind":  # LossConfig.kind is set by the run (RunConfig.algorithm)
+      out.append(f.name)
+  return out
+
+
+RUN = {"run_dir": "r", "model_preset": "tiny-qwen2", "tokenizer_dir": "t"}
+EVAL = {"model_dir": "m", "out_dir": "o"}
+
+
+@pytest.mark.parametrize("cls, given", [(RunConfig, RUN), (EvalConfig, EVAL), (DemoConfig, {}),
+                                        (OptimizerConfig, {}), (LossConfig, {})],
+                         ids=lambda x: getattr(x, "__name__", ""))
+def test_a_flag_per_field_of_the_same_name_and_default(cls, given):
+  fv = flags.FlagValues()
+  flagging.define_flags(cls, fv)
+  assert flagging.flag_names(cls) == _fields(cls)
+  assert sorted(fv) == sorted(_fields(cls))
+  fv(["prog"] + [f"--{k}={v}" for k, v in given.items()])
+  assert flagging.from_flags(cls, fv) == cls(**given)  # the flags' defaults are the fields'
+
+
+def test_flags_reach_nested_fields_and_bad_values_name_the_flag():
+  fv = flags.FlagValues()
+  em_flags.define_flags(fv)
+  fv(["train.py", "--run_dir=r", "--model_preset=tiny-qwen2", "--tokenizer_dir=t",
+      "--adam_b2=0.95", "--lr_schedule=cosine", "--warmup_steps=3", "--loss_aggregation=seq_mean",
+      "--eps_high=0.28", "--eval_modes=cot,auto"])
+  cfg = em_flags.run_config(fv, check_paths=False)
+  assert cfg.optimizer.adam_b2 == 0.95 and cfg.optimizer.lr_schedule == "cosine"
+  assert cfg.loss.loss_aggregation == "seq_mean" and cfg.loss.eps_high == 0.28
+  assert cfg.eval_modes == ("cot", "auto")
+  fv["eps_low"].parse("1.5")
+  with pytest.raises(flagging.ConfigError, match="^eps_low: must be in"):
+    em_flags.run_config(fv, check_paths=False)
+  fv["eps_low"].parse("0.2")
+  fv["warmup_steps"].parse("2000")
+  with pytest.raises(flagging.ConfigError, match="^total_steps: must exceed warmup_steps=2000"):
+    em_flags.run_config(fv, check_paths=False)
+  fv2 = flags.FlagValues()
+  em_flags.define_flags(fv2)
+  fv2(["train.py"])
+  with pytest.raises(flagging.ConfigError, match="^run_dir: required"):
+    em_flags.run_config(fv2, check_paths=False)
+
+
+def test_the_algorithm_decides_the_loss_in_one_place():
+  base = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
+                   loss=LossConfig(ce_coef=0.7))
+  assert (base.loss.kind, base.loss.ce_coef, base.loss.decision_term) == ("policy", 0.7, True)
+  rl = dataclasses.replace(base, algorithm="rl")
+  assert (rl.loss.kind, rl.loss.ce_coef, rl.loss.decision_term) == ("policy", 0.0, False)
+  sft = dataclasses.replace(base, algorithm="sft")
+  assert sft.loss.kind == "sft" and not sft.loss.decision_term
+  assert dataclasses.replace(sft, algorithm="em").loss.kind == "policy"
+  # The flags: rl gets ce_coef = 0 without being told (and refuses being told).
+  fv = flags.FlagValues()
+  em_flags.define_flags(fv)
+  fv(["train.py", "--run_dir=r", "--model_preset=tiny-qwen2", "--tokenizer_dir=t",
+      "--algorithm=rl"])
+  assert em_flags.run_config(fv, check_paths=False).loss.ce_coef == 0.0
+
+
+def test_a_config_json_of_the_former_field_names_resumes(tmp_path):
+  cfg = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
+                  optimizer=OptimizerConfig(optimizer="lion", lr_schedule="linear", adam_b1=0.8,
+                                            adam_b2=0.9, adam_eps=1e-6, warmup_steps=1),
+                  loss=LossConfig(loss_aggregation="seq_mean"))
+  old = json.loads(json.dumps(cfg.to_json()))
+  renamed = {part: {v: k for k, v in table.items()} for part, table in config_lib.RENAMED.items()}
+  for part, table in renamed.items():
+    old[part] = {table.get(k, k): v for k, v in old[part].items()}
+  assert old["optimizer"]["name"] == "lion" and old["loss"]["aggregation"] == "seq_mean"
+  assert config_lib.config_from_json(old) == cfg
+  assert config_lib.config_from_json(cfg.to_json()) == cfg
+  old["optimizer"]["nesterov"] = True
+  with pytest.raises(flagging.ConfigError, match="^optimizer.nesterov: not a field"):
+    config_lib.config_from_json(old)
+  new = cfg.to_json()
+  new["rollout_budget"] = 3
+  with pytest.raises(flagging.ConfigError, match="^rollout_budget: not a field"):
+    config_lib.config_from_json(new)
+
+
+def test_bad_flags_exit_names_the_flag(capsys):
+  with pytest.raises(SystemExit) as e:
+    with flagging.bad_flags_exit("train.py"):
+      RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t", top_p=2.0)
+  assert e.value.code == 2
+  assert capsys.readouterr().err.startswith("train.py: bad flag: --top_p: must be in (0, 1]")
