@@ -7,7 +7,6 @@ host (jax.distributed.initialize runs first; the coordinator flags are needed on
 cannot detect the cluster, e.g. several processes on one machine).
 """
 
-import json
 import os
 import sys
 
@@ -21,6 +20,7 @@ hostmem.keep_freed_memory()  # before numpy and jax start threads: see hostmem
 
 from autocode_jax import logs  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
+from autocode_jax.files import DataError, write_json  # noqa: E402
 from autocode_jax.flagging import bad_flags_exit  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
@@ -71,13 +71,15 @@ def main(argv):
   with bad_flags_exit("train.py"):  # some are found once the run dir and data are read
     plan.check_engine_devices(cfg, jax.devices()[0].platform, jax.local_device_count(),
                               FLAGS.distributed)
-    if demo is not None:
-      summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
-    else:
-      summary = run(cfg, digest=FLAGS.params_digest)
-  path = os.path.join(cfg.run_dir, f"final.p{jax.process_index()}.json")
-  with open(path, "w") as f:
-    json.dump(summary, f, indent=1)
+    try:
+      if demo is not None:
+        summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
+      else:
+        summary = run(cfg, digest=FLAGS.params_digest)
+    except DataError as e:  # a malformed data or run file: named, left as it is
+      print(f"train.py: bad data: {e}", file=sys.stderr)
+      sys.exit(1)
+  write_json(os.path.join(cfg.run_dir, f"final.p{jax.process_index()}.json"), summary)
 
 
 def dry_run(cfg) -> int:

@@ -3,6 +3,8 @@ one decision row per query. Hand-computed values and gradients for both decision
 how many code_prefix trajectories a batch holds; its minimiser pi(P|x) = s*(1|x) reached by
 training a tiny model; decision rows from D_train records."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
 from autocode_jax.training.collate import decision_rows
 from autocode_jax.training.step import LossConfig, loss_and_grads
+from train_fixtures import record
 
 
 def _ce(p1, s1):
@@ -64,9 +67,9 @@ S_STAR = {"q1": [0.9, 0.1], "q2": [0.5, 0.5], "q3": [0.1, 0.9]}  # s*(0|x), s*(1
 def _record(q, probe, response, advantage=0.0):
   roles = ("p" * len(PREFIX) if probe == "code_prefix" else "") + "m" * len(response)
   ids = (PREFIX if probe == "code_prefix" else []) + response
-  return {"query_id": q, "group": q, "probe": probe, "prompt_ids": PROMPTS[q], "token_ids": ids,
-          "roles": roles, "logprobs": [-1.0] * len(ids), "advantage": advantage,
-          "s_star": S_STAR[q], "decision_ids": PREFIX}
+  return record(query_id=q, probe=probe, prompt_ids=PROMPTS[q], token_ids=ids, roles=roles,
+                logprobs=[-1.0] * len(ids), advantage=advantage, s_star=S_STAR[q],
+                decision_ids=PREFIX)
 
 
 def test_decision_rows_one_per_query():
@@ -80,7 +83,7 @@ def test_decision_rows_one_per_query():
   assert d["decision_attention"][1].tolist() == [1] * 7 + [0]
   assert d["decision_s1"].tolist() == [0.5, pytest.approx(0.1), 0.0, 0.0]
   assert not d["decision_mask"][2:].any()
-  bad = dict(recs[2], s_star=[0.2, 0.8])
+  bad = dataclasses.replace(recs[2], s_star=[0.2, 0.8])
   with pytest.raises(ValueError, match="record 1 of group 'q2'"):
     decision_rows([recs[0], bad], 2)
   with pytest.raises(ValueError, match="3 decision rows do not fit in 2"):
@@ -93,7 +96,7 @@ def tiny():
 
 
 def _batch(records):
-  beh = [np.full(len(r["token_ids"]), -1.0, np.float32) for r in records]
+  beh = [np.full(len(r.token_ids), -1.0, np.float32) for r in records]
   return mstep.make_batch(records, beh, range(len(records)), pad_id=0, length_multiple=8,
                           decisions=True)
 

@@ -3,15 +3,17 @@ test_em_loop.py) with the real tokenizer, sandbox and grader. Statistics are che
 values computed by hand; resume after a cut-short chunk; branching; the rl and sft data."""
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 import pytest
 
+from autocode_jax.data.dtrain import read_dtrain, read_records
 from autocode_jax.data.records import Query, SftExample
-from autocode_jax.data.store import TrajectoryStore
 from autocode_jax.em import explore
 from autocode_jax.em.config import RunConfig
+from autocode_jax.files import DataError, read_jsonl
 from autocode_jax.grading.pool import GraderPool
 from autocode_jax.interpreter import Sandbox
 from autocode_jax.models import load_tokenizer
@@ -69,7 +71,7 @@ def _softmax(a, b):
 def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path):
   ex = _explorer(tok, parts)
   explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path), ".p0")
-  stats = {s["query_id"]: s for s in TrajectoryStore(str(tmp_path / "queries.p0.jsonl")).read()}
+  stats = {s["query_id"]: s for s in read_jsonl(str(tmp_path / "queries.p0.jsonl"))}
   # q1: vanilla labels 0,1,0,1 (rewards equal labels); code_prefix: 4 x (c=1, r=1).
   s = stats["q1"]
   assert s["labels"] == {"vanilla": [0, 1, 0, 1], "code_prefix": [1, 1, 1, 1]}
@@ -86,7 +88,7 @@ def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path)
   assert s["tool_statuses"] == {"error": 4}
   assert s["seeds"]["vanilla"] != s["seeds"]["code_prefix"]
 
-  records = TrajectoryStore(str(tmp_path / "dtrain.p0.jsonl")).read()
+  records = read_jsonl(str(tmp_path / "dtrain.p0.jsonl"))
   assert [r["query_id"] for r in records] == ["q1"] * 4 + ["q2"] * 4  # M = K per query
   for r in records:
     assert len(r["token_ids"]) == len(r["roles"]) == len(r["logprobs"])
@@ -106,7 +108,8 @@ def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path)
     np.testing.assert_allclose([r["advantage"] for r in rs],
                                explore.advantages([r["reward"] for r in rs]), atol=1e-9)
 
-  it = explore.iteration_stats(list(stats.values()), records)
+  it = explore.iteration_stats(list(stats.values()),
+                               read_records(str(tmp_path / "dtrain.p0.jsonl")))
   assert it["code_rate_mean"] == pytest.approx((2 / 4 + 0 / 4) / 2)
   assert it["code_rate_hist"] == [1, 0, 1, 0, 0]
   assert it["tool_statuses"] == {"ok": 6, "error": 4} and it["rollouts"] == 16
@@ -122,7 +125,7 @@ def test_subsample_follows_s_star_over_many_queries(tok, parts, tmp_path):
   qs = [dataclasses.replace(Q1, id=f"a{i}") for i in range(60)]
   qs += [dataclasses.replace(Q2, id=f"b{i}") for i in range(60)]
   explore.run_estep(ex, qs, 0, str(tmp_path))
-  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   share = lambda p: np.mean([r["label"] for r in records if r["query_id"].startswith(p)])
   s1 = _softmax(2.0, 0.0)
   assert abs(share("a") - s1) < 4 * math.sqrt(s1 * (1 - s1) / 240)
@@ -145,19 +148,49 @@ def test_resume_redoes_only_the_chunk_cut_short(tok, parts, tmp_path):
   explore.run_estep(ex2, [Q1, Q2], 0, str(cut))
   assert ex2.engine.new_rows and all("2 plus 3" in tok.decode(list(k)) for k in ex2.engine.new_rows)
   strip = lambda p: [{k: v for k, v in r.items() if k != "elapsed_s"}
-                     for r in TrajectoryStore(str(p)).read()]
+                     for r in read_jsonl(str(p))]
   assert strip(cut / "dtrain.jsonl") == strip(whole / "dtrain.jsonl")
   assert strip(cut / "queries.jsonl") == strip(whole / "queries.jsonl")
+
+
+def test_a_torn_d_train_resumes_and_a_corrupt_field_is_refused(tok, parts, tmp_path):
+  """A D_train file cut mid-line (a crash while appending) resumes; one whose line has a field
+  of the wrong type (or no such field) is refused, naming the file, the line and the field,
+  and nothing on disk is changed."""
+  whole = tmp_path / "whole"
+  explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(whole))
+  run = tmp_path / "run"
+  explore.run_estep(_explorer(tok, parts), [Q1], 0, str(run))
+  path = run / "dtrain.jsonl"
+  with open(path, "a") as f:  # q2's chunk torn: half a line, no stats line
+    f.write([line for line in (whole / "dtrain.jsonl").read_text().splitlines(True)
+             if '"q2"' in line][0][:50])
+  assert len(read_records(str(path))) == 4  # the torn line is not a record
+  explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(run))
+  assert read_records(str(path)) == read_records(str(whole / "dtrain.jsonl"))
+  lines = path.read_text().splitlines(True)
+  for line, field, corrupt in ((3, "advantage", lambda o: o.update(advantage="high")),
+                               (6, "token_ids", lambda o: o.pop("token_ids")),
+                               (2, "rollout", lambda o: o.update(rollout=1))):
+    obj = json.loads(lines[line - 1])
+    corrupt(obj)
+    path.write_text("".join(lines[:line - 1] + [json.dumps(obj) + "\n"] + lines[line:]))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(DataError, match=f"^{path}:{line}: .*'{field}'"):
+      explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(run))
+    with pytest.raises(DataError, match=f"^{path}:{line}: .*'{field}'"):
+      read_dtrain(str(run))  # the M-step's reading
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing lost
 
 
 def test_branching_from_the_first_code_block(tok, parts, tmp_path):
   ex = _explorer(tok, parts, branching=True, k_branch=2)
   explore.run_estep(ex, [Q1], 1, str(tmp_path))
-  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   branch = [r for r in records if r["probe"].startswith("branch")]
   groups = {r["group"] for r in branch}
   assert len(branch) == 2 and len(groups) == 1 and groups.pop().startswith("q1#branch")
-  stats = TrajectoryStore(str(tmp_path / "queries.jsonl")).read()[0]["branches"][0]
+  stats = read_jsonl(str(tmp_path / "queries.jsonl"))[0]["branches"][0]
   # Allowed continuations run the code and are right (c=1, r=1); banned ones are plain and
   # answer 42 too (c=0, r=1): pi at the branch = (2 + 1) / (2 + 2), Q = (1, 1).
   assert stats["labels"] == [1, 1, 0, 0] and stats["rewards"] == [1, 1, 1, 1]
@@ -173,7 +206,7 @@ def test_branching_from_the_first_code_block(tok, parts, tmp_path):
   explore.run_estep(_explorer(tok, parts, branching=True, k_branch=2), [Q1], 0,
                     str(tmp_path / "it0"))
   assert not any(r["probe"].startswith("branch")
-                 for r in TrajectoryStore(str(tmp_path / "it0" / "dtrain.jsonl")).read())
+                 for r in read_jsonl(str(tmp_path / "it0" / "dtrain.jsonl")))
 
 
 def test_first_code_fence(tok):
@@ -187,7 +220,7 @@ def test_first_code_fence(tok):
 def test_rl_keeps_every_vanilla_rollout(tok, parts, tmp_path):
   ex = _explorer(tok, parts, algorithm="rl", loss=LossConfig(ce_coef=0.0))
   explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path))
-  records = TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read()
+  records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   assert [r["probe"] for r in records] == ["vanilla"] * 8
   assert [r["label"] for r in records] == [0, 1, 0, 1, 0, 0, 0, 0]
   np.testing.assert_allclose([r["advantage"] for r in records[:4]], [-1, 1, -1, 1], atol=1e-5)
@@ -199,10 +232,10 @@ def test_sft_records_mask_output_blocks(tok):
                   loss=LossConfig(kind="sft"))
   sol = "Run it.\n```python\nprint(42)\n```\n```output\n42\n```\nSo \\boxed{42}."
   (r,) = explore.sft_records(tok, cfg, [SftExample(Q1, sol)], 0, EOS)
-  tool = "".join(tok.decode([i]) for i, c in zip(r["token_ids"], r["roles"]) if c == "t")
+  tool = "".join(tok.decode([i]) for i, c in zip(r.token_ids, r.roles) if c == "t")
   assert tool == "```output\n42\n```\n"
-  assert r["token_ids"][-1] == EOS and r["roles"][-1] == "m" and r["label"] == 1
-  assert tok.decode(r["token_ids"][:-1]) == sol
+  assert r.token_ids[-1] == EOS and r.roles[-1] == "m" and r.label == 1
+  assert tok.decode(r.token_ids[:-1]) == sol
   with pytest.raises(ValueError, match="q1 of math500 has no solution"):
     explore.sft_records(tok, cfg, [SftExample(Q1, "")], 0, EOS)
 
@@ -224,11 +257,11 @@ def test_grader_timeouts_are_counted_in_the_e_step_and_in_eval(tok, parts, tmp_p
   pick = lambda text, index, params: TOWER if index % 2 == 0 else "It is \\boxed{1}."
   ex = explore.Explorer(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg, fences, (EOS,))
   explore.run_estep(ex, [one], 0, str(tmp_path))
-  stats = TrajectoryStore(str(tmp_path / "queries.jsonl")).read()
+  stats = read_jsonl(str(tmp_path / "queries.jsonl"))
   # Rollouts 0 and 2 of each probe time out: 2 probes x 2.
   assert stats[0]["grader_failures"] == {"timeout": 4, "error": 0}
   assert stats[0]["rewards"] == {"vanilla": [0, 1, 0, 1], "code_prefix": [0, 1, 0, 1]}
-  it = explore.iteration_stats(stats, TrajectoryStore(str(tmp_path / "dtrain.jsonl")).read())
+  it = explore.iteration_stats(stats, read_records(str(tmp_path / "dtrain.jsonl")))
   assert (it["grader_timeouts"], it["grader_errors"]) == (4, 0)
   line = summary_line(0, 1, {"estep": dict(it, rollouts_per_s=1.0)})
   assert "grader 4 timeouts 0 errors" in line

@@ -5,6 +5,7 @@ with jax.distributed; every shipped flagfile parsed; bad flags rejected before a
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,6 +132,31 @@ def test_rerun_of_a_finished_run_repeats_nothing(reference):
   assert any(is_info(line) and "checkpoint" in line for line in out.splitlines()), out[-3000:]
 
 
+@pytest.mark.slow
+def test_a_corrupt_d_train_line_stops_the_run_naming_it(reference, tmp_path):
+  """A resumed run that reads a D_train line with an ill-typed field exits 1 naming the file,
+  the line and the field, and leaves the file as it was."""
+  ref_dir, _ = reference
+  run_dir = tmp_path / "run"
+  shutil.copytree(ref_dir, run_dir)
+  config = json.loads((run_dir / "config.json").read_text())
+  (run_dir / "config.json").write_text(json.dumps(dict(config, run_dir=str(run_dir))))
+  progress = json.loads((run_dir / "progress.json").read_text())
+  progress["done"]["0"].remove("eval")  # so the rerun reads D_train again
+  (run_dir / "progress.json").write_text(json.dumps(progress))
+  path = run_dir / "iterations" / "0000" / "dtrain.p0.jsonl"
+  lines = path.read_text().splitlines(True)
+  bad = json.loads(lines[4])
+  bad["advantage"] = "high"
+  path.write_text("".join(lines[:4] + [json.dumps(bad) + "\n"] + lines[5:]))
+  before = path.read_bytes()
+  p = subprocess.run(TRAIN + [f"--run_dir={run_dir}"], cwd=REPO, capture_output=True,
+                     text=True, timeout=600)
+  assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+  assert f"train.py: bad data: {path}:5: field 'advantage'" in p.stderr, p.stderr[-3000:]
+  assert path.read_bytes() == before
+
+
 def _kill_when(run_dir, ready, timeout=600):
   p = _train(run_dir, wait=False)
   t0 = time.time()
@@ -202,17 +228,17 @@ def test_two_hosts_with_jax_distributed(reference, tmp_path):
     assert s["seeds"] == ref_stats[s["query_id"]]["seeds"]
     assert s["seeds"]["vanilla"] == derive_seed(0, 0, s["query_id"], "vanilla", "auto")
   # D_train: the same trajectories as one host's, in the one-host order once read back.
-  from autocode_jax.em.explore import in_query_order, read_shards
+  from autocode_jax.data.dtrain import in_query_order, read_dtrain
   queries = [type("Q", (), {"id": q})() for q in ref_stats]
-  two = in_query_order(read_shards(str(it), "dtrain"), queries)
-  one = in_query_order(read_shards(str(ref_it), "dtrain"), queries)
+  two = in_query_order(read_dtrain(str(it)), queries)
+  one = in_query_order(read_dtrain(str(ref_it)), queries)
   assert len(two) == len(one) == 16
   exact = ("query_id", "probe", "token_ids", "roles", "reward", "label", "advantage", "s_star",
            "seed")
   for a, b in zip(two, one):
-    assert {k: a[k] for k in exact} == {k: b[k] for k in exact}
+    assert {k: getattr(a, k) for k in exact} == {k: getattr(b, k) for k in exact}
     # Engine log-probs: another batch composition and device layout, same float32 math.
-    np.testing.assert_allclose(a["logprobs"], b["logprobs"], atol=1e-5)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
   # The M-step: the same losses, step for step (stated tolerance: float32 reductions over
   # another split of the work), and the same final parameters.
   losses = [[m["loss"] for m in _lines(d / "metrics.jsonl") if m["kind"] == "mstep"]

@@ -15,6 +15,7 @@ from autocode_jax.em.policy import Policy
 from autocode_jax.models import load_tokenizer
 from autocode_jax.models.transformer import forward
 from autocode_jax.training.step import LossConfig
+from train_fixtures import record
 
 
 def test_batch_schedule_covers_each_record_once_per_epoch():
@@ -32,8 +33,8 @@ def test_batch_schedule_covers_each_record_once_per_epoch():
 
 
 def test_mismatch_over_model_tokens_only():
-  recs = [{"roles": "pmmt", "logprobs": [0.0, -1.0, -2.0, 0.0]},
-          {"roles": "m", "logprobs": [-0.5]}]
+  recs = [record(token_ids=[1, 2, 3, 4], roles="pmmt", logprobs=[0.0, -1.0, -2.0, 0.0]),
+          record(token_ids=[5], logprobs=[-0.5])]
   beh = [np.array([-9.0, -1.5, -2.0, -9.0], np.float32), np.array([-0.25], np.float32)]
   m = mstep.mismatch(recs, beh)
   assert m["model_tokens"] == 3
@@ -83,17 +84,16 @@ def test_behaviour_logprobs_equal_a_direct_forward(shared_dir):
   rng = np.random.default_rng(0)
   recs = []
   for n_prompt, n_resp in ((5, 7), (3, 12), (9, 2), (4, 4), (6, 1)):
-    recs.append({"prompt_ids": rng.integers(0, 1000, n_prompt).tolist(),
-                 "token_ids": rng.integers(0, 1000, n_resp).tolist(), "roles": "m" * n_resp,
-                 "logprobs": [0.0] * n_resp})
+    recs.append(record(prompt_ids=rng.integers(0, 1000, n_prompt).tolist(),
+                       token_ids=rng.integers(0, 1000, n_resp).tolist()))
   got = policy.behaviour_logprobs(recs)
   params = jax.device_get(nnx.split(policy.model())[1])
   graphdef = nnx.split(policy.model())[0]
   for r, lp in zip(recs, got):
-    seq = np.array([r["prompt_ids"] + r["token_ids"]])
+    seq = np.array([r.prompt_ids + r.token_ids])
     logp = jax.nn.log_softmax(forward(graphdef, params, seq)[0])
-    p = len(r["prompt_ids"])
-    want = [float(logp[p - 1 + j, t]) for j, t in enumerate(r["token_ids"])]
+    p = len(r.prompt_ids)
+    want = [float(logp[p - 1 + j, t]) for j, t in enumerate(r.token_ids)]
     np.testing.assert_allclose(lp, want, atol=2e-5)
 
 
@@ -131,10 +131,9 @@ def test_kl_coef_trains_against_the_behaviour_policy(shared_dir, tmp_path):
                   m_step_epochs=3, length_multiple=16, logprob_batch_size=4, loss=loss)
   policy = Policy.build(cfg, tok)
   rng = np.random.default_rng(1)
-  recs = [{"query_id": f"q{i % 2}", "group": f"q{i % 2}",
-           "prompt_ids": rng.integers(0, 1000, 4).tolist(),
-           "token_ids": rng.integers(0, 1000, 6).tolist(), "roles": "m" * 6,
-           "logprobs": [0.0] * 6, "advantage": float(i % 2) - 0.5} for i in range(4)]
+  recs = [record(query_id=f"q{i % 2}", prompt_ids=rng.integers(0, 1000, 4).tolist(),
+                 token_ids=rng.integers(0, 1000, 6).tolist(), advantage=float(i % 2) - 0.5)
+          for i in range(4)]
   behaviour = policy.behaviour_logprobs(recs)
   batch = mstep.make_batch(recs, behaviour, range(4), policy.pad_id, 16, reference=True)
   np.testing.assert_array_equal(batch["ref_logprobs"], batch["old_logprobs"])

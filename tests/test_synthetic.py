@@ -104,9 +104,9 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   with_prefix = next(e for e in coded if e.prefix)
   (r,) = explore.sft_records(tok, cfg, [with_prefix], 0, 151643)
   n = len(tok.encode(with_prefix.prefix))
-  assert r["roles"][:n] == "m" * n and "t" in r["roles"] and r["text"].startswith(CODE_PREFIX)
-  assert r["token_ids"][:n] == tok.encode(CODE_PREFIX)  # the probe's tokens, then a newline
-  assert r["text"].startswith(CODE_PREFIX + "\nLet me compute it.")
+  assert r.roles[:n] == "m" * n and "t" in r.roles and r.text.startswith(CODE_PREFIX)
+  assert list(r.token_ids[:n]) == tok.encode(CODE_PREFIX)  # the probe's tokens, then a newline
+  assert r.text.startswith(CODE_PREFIX + "\nLet me compute it.")
   code_prompt = explore.sft_records(tok, cfg, [next(e for e in others if e.mode == "code")], 0,
                                     151643)[0]
-  assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt["prompt_ids"])
+  assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt.prompt_ids)

@@ -4,6 +4,8 @@ import sys
 
 import numpy as np
 
+from autocode_jax.data.dtrain import TrainRecord
+
 
 def make_batch(b=8, t=12, seed=0, vocab=512):
   """Rows right-padded; `model` tokens from position 4 on, with two `tool` tokens (6, 7) that are
@@ -38,6 +40,17 @@ def make_batch(b=8, t=12, seed=0, vocab=512):
 TOOL_POSITIONS = (6, 7)
 
 
+def record(**fields) -> TrainRecord:
+  """A D_train record with the fields a test leaves out filled in (all response tokens `m`,
+  log-probs 0, reward and advantage 0, group = query_id)."""
+  n = len(fields.get("token_ids", ()))
+  base = dict(query_id="q", probe="vanilla", iteration=0, label=0, reward=0.0, prompt_ids=(),
+              token_ids=(), roles="m" * n, logprobs=[0.0] * n, advantage=0.0)
+  base.update(fields)
+  base.setdefault("group", base["query_id"])
+  return TrainRecord(**base)
+
+
 def dtrain_records(n=8, groups=3, seed=0, vocab=1000):
   """A D_train of n trajectories in `groups` queries, with tool tokens and decision fields."""
   r = np.random.default_rng(seed)
@@ -46,11 +59,11 @@ def dtrain_records(n=8, groups=3, seed=0, vocab=1000):
     g, m = i % groups, int(r.integers(4, 9))
     prompt = np.random.default_rng([seed, g]).integers(0, vocab, 3 + g).tolist()
     roles = "m" * m + "tt" + "m" * 2
-    out.append({"query_id": f"q{g}", "group": f"q{g}", "prompt_ids": prompt,
-                "token_ids": r.integers(0, vocab, len(roles)).tolist(), "roles": roles,
-                "logprobs": (-np.abs(r.normal(size=len(roles))) - 5.5).tolist(),
-                "advantage": float(r.normal()), "decision_ids": [11, 12],
-                "s_star": [1 - 0.3 * g, 0.3 * g]})
+    out.append(record(query_id=f"q{g}", prompt_ids=prompt,
+                      token_ids=r.integers(0, vocab, len(roles)).tolist(), roles=roles,
+                      logprobs=(-np.abs(r.normal(size=len(roles))) - 5.5).tolist(),
+                      advantage=float(r.normal()), decision_ids=[11, 12],
+                      s_star=[1 - 0.3 * g, 0.3 * g]))
   return out
 
 
@@ -75,7 +88,7 @@ def resumable_run(ckpt_dir: str, out_path: str, tokenizer_dir: str) -> None:
   if ckpt.latest_step() is not None:
     policy.state = ckpt.restore(None, policy.state)
   records = dtrain_records(n=10)
-  behaviour = [np.asarray(r["logprobs"], np.float32) for r in records]
+  behaviour = [np.asarray(r.logprobs, np.float32) for r in records]
   mstep.run_mstep(policy, records, behaviour, 0, 0, ckpt,
                   lambda s, m: print(f"step {s - 1} loss {m['loss']:.6f}", flush=True))
   ckpt.close()

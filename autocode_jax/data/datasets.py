@@ -4,17 +4,13 @@ files laid out like `shared/data`, with schema checks whose errors name file, li
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Callable
 
 from autocode_jax.data.records import Query
+from autocode_jax.files import DataError, json_object
 from autocode_jax.grading.extract import normalize_gold
-
-
-class DataError(ValueError):
-  """A dataset file is missing or malformed; the message names the file, line and field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,15 +78,8 @@ def read_jsonl(path: str) -> list[tuple[int, dict]]:
   out = []
   with open(path, encoding="utf-8") as f:
     for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{lineno}: invalid JSON: {e.msg} (column {e.colno})") from None
-      if not isinstance(obj, dict):
-        raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-      out.append((lineno, obj))
+      if line.strip():  # a published file: its last line may lack a newline, none is torn
+        out.append((lineno, json_object(line, path, lineno)))
   return out
 
 

@@ -21,15 +21,16 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autocode_jax.data.datasets import DATASETS
+from autocode_jax.data.dtrain import (ROLE_CODES, TrainRecord, append_records, read_records,
+                                     write_records)
 from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
 from autocode_jax.data.records import Query, SftExample
-from autocode_jax.data.store import TrajectoryStore, write_jsonl
 from autocode_jax.em import estep
+from autocode_jax.files import JsonlStore, read_jsonl
 from autocode_jax.grading.grader import failure_counts
 from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, run_tool_loop
 
-ROLE_CODES = {"prefix": "p", "model": "m", "tool": "t"}
 _OUTPUT_BLOCK = re.compile(r"```output\n.*?```\n?", re.DOTALL)
 
 
@@ -124,14 +125,15 @@ def grading_dataset(source: str) -> str:
   return DATASETS[source].gold_as or source if source in DATASETS else source
 
 
-def to_record(t: Trajectory, iteration: int, **extra) -> dict:
-  """A trajectory as one D_train line: token ids, roles (one letter per token: p/m/t), engine
-  log-probs, label, reward, and what the caller adds (s*, pi, Q, advantage, group)."""
-  return {"query_id": t.query_id, "probe": t.probe, "iteration": iteration, "seed": t.seed,
-          "label": t.label, "reward": t.reward, "prompt_ids": list(t.prompt_ids),
-          "token_ids": list(t.token_ids), "roles": "".join(ROLE_CODES[r] for r in t.roles),
-          "logprobs": [round(x, 6) for x in t.logprobs], "tool_statuses": t.tool_statuses,
-          "stop_reason": t.stop_reason, "text": t.text, **extra}
+def to_record(t: Trajectory, iteration: int, **extra) -> TrainRecord:
+  """A trajectory as a D_train record: token ids, roles (one letter per token: p/m/t), engine
+  log-probs (to 6 decimals, as stored), label, reward, and what the caller adds (advantage,
+  group, and for em s*, pi, Q and the decision tokens)."""
+  return TrainRecord(query_id=t.query_id, probe=t.probe, iteration=iteration, seed=t.seed,
+                     label=t.label, reward=t.reward, prompt_ids=t.prompt_ids,
+                     token_ids=t.token_ids, roles="".join(ROLE_CODES[r] for r in t.roles),
+                     logprobs=[round(x, 6) for x in t.logprobs], tool_statuses=t.tool_statuses,
+                     stop_reason=t.stop_reason, text=t.text, **extra)
 
 
 def advantages(rewards: Sequence[float], eps: float = 1e-6) -> np.ndarray:
@@ -175,7 +177,7 @@ def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str])
 
 
 def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
-              rng: np.random.Generator) -> tuple[list[dict], dict]:
+              rng: np.random.Generator) -> tuple[list[TrainRecord], dict]:
   """Steps 2-5 for one query: the statistics and the M subsampled trajectories as records."""
   vanilla = [(t.label, t.reward) for t in trajs if t.probe == "vanilla"]
   coded = [(t.label, t.reward) for t in trajs if t.probe == "code_prefix"]
@@ -193,7 +195,7 @@ def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
 
 
 def curate_rl(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
-              rng: np.random.Generator) -> tuple[list[dict], dict]:
+              rng: np.random.Generator) -> tuple[list[TrainRecord], dict]:
   """On-policy RL (GRPO): D_train is every fresh `vanilla` rollout, grouped by query."""
   adv = advantages([t.reward for t in trajs])
   records = [to_record(t, iteration, advantage=float(a), group=q.id) for t, a in zip(trajs, adv)]
@@ -204,7 +206,8 @@ def curate_rl(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
 
 
 def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
-           rng: np.random.Generator, queries: dict[str, Query]) -> tuple[list[dict], list[dict]]:
+           rng: np.random.Generator,
+           queries: dict[str, Query]) -> tuple[list[TrainRecord], list[dict]]:
   """Mid-reasoning branching (METHOD.md, E-step step 6) for up to `branch_per_query` code
   trajectories of q: from (x, y<t), t the token where the first code block starts, roll out
   k_branch continuations with code allowed and k_branch with code fences banned; the prior at
@@ -260,7 +263,7 @@ def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
 
 
 def sft_records(tokenizer, cfg, examples: Sequence[SftExample], iteration: int,
-                end_id: int) -> list[dict]:
+                end_id: int) -> list[TrainRecord]:
   """The `sft` baseline's D_train: each example's response under its mode's prompt, ended by
   `end_id`; an opening prefix is tokenised on its own, as the code_prefix probe's is, and a
   newline separates it from the response. ```output blocks in a response are tool tokens
@@ -283,34 +286,28 @@ def sft_records(tokenizer, cfg, examples: Sequence[SftExample], iteration: int,
     toks = tokenizer.encode(text[pos:]) + [end_id]
     ids += toks
     roles += ["m"] * len(toks)
-    out.append({"query_id": q.id, "probe": "sft", "mode": ex.mode, "iteration": iteration,
-                "label": int("t" in roles), "reward": 1.0,
-                "prompt_ids": tokenizer.encode(prompt.text), "token_ids": ids,
-                "roles": "".join(roles), "logprobs": [0.0] * len(ids), "advantage": 0.0,
-                "group": q.id, "tool_statuses": [], "stop_reason": "eos",
-                "text": ex.prefix + text})
+    out.append(TrainRecord(query_id=q.id, probe="sft", mode=ex.mode, iteration=iteration,
+                           label=int("t" in roles), reward=1.0,
+                           prompt_ids=tokenizer.encode(prompt.text), token_ids=ids,
+                           roles="".join(roles), logprobs=[0.0] * len(ids), advantage=0.0,
+                           group=q.id, tool_statuses=(), stop_reason="eos",
+                           text=ex.prefix + text))
   return out
 
 
 def done_queries(out_dir: str, shard: str) -> set[str]:
-  return {r["query_id"] for r in TrajectoryStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
-          .read()}
+  return {r["query_id"] for r in read_jsonl(os.path.join(out_dir, f"queries{shard}.jsonl"))}
 
 
 def _drop_unfinished(out_dir: str, shard: str, finished: set[str]) -> None:
   """Removes D_train records of queries whose chunk did not finish (rewrite, then rename)."""
-  path = os.path.join(out_dir, f"dtrain{shard}.jsonl")
-  records = TrajectoryStore(path).read()
-  keep = [r for r in records if r["query_id"] in finished]
-  if len(keep) == len(records) and os.path.exists(path):
-    with open(path, "rb") as f:  # also cut a torn last line
-      f.seek(0, os.SEEK_END)
-      if f.tell() == 0:
-        return
-      f.seek(-1, os.SEEK_END)
-      if f.read(1) == b"\n":
-        return
-  write_jsonl(path, keep)
+  store = JsonlStore(os.path.join(out_dir, f"dtrain{shard}.jsonl"))
+  records = read_records(store.path)
+  keep = [r for r in records if r.query_id in finished]
+  if len(keep) < len(records):
+    write_records(store.path, keep)
+  else:
+    store.cut_torn_tail()
 
 
 def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: str,
@@ -321,8 +318,8 @@ def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: s
   os.makedirs(out_dir, exist_ok=True)
   finished = done_queries(out_dir, shard)
   _drop_unfinished(out_dir, shard, finished)
-  dtrain = TrajectoryStore(os.path.join(out_dir, f"dtrain{shard}.jsonl"))
-  stats = TrajectoryStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
+  dtrain = os.path.join(out_dir, f"dtrain{shard}.jsonl")
+  stats = JsonlStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
   todo = [q for q in queries if q.id not in finished]
   by_id = {q.id: q for q in queries}
   curate = {"em": curate_em, "rl": curate_rl}[ex.cfg.algorithm]
@@ -349,29 +346,13 @@ def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: s
       summary["elapsed_s"] = (time.perf_counter() - t0) / len(chunk)
       records += recs
       summaries.append(summary)
-    dtrain.append(records)
+    append_records(dtrain, records)
     stats.append(summaries)  # the commit point of the chunk
     if on_chunk is not None:
       on_chunk(len(chunk), len(trajs))
 
 
-def read_shards(out_dir: str, name: str) -> list[dict]:
-  """Every record of out_dir/{name}*.jsonl (one shard per host), shards in name order."""
-  files = sorted(f for f in os.listdir(out_dir) if f.startswith(name) and f.endswith(".jsonl"))
-  return [r for f in files for r in TrajectoryStore(os.path.join(out_dir, f)).read()]
-
-
-def in_query_order(records: Sequence[dict], queries: Sequence) -> list[dict]:
-  """`records` (D_train read from the hosts' shards) ordered by their query's position in the
-  iteration's `queries`, each query's records in the order written: the order one host writes,
-  so that the M-step's batches do not depend on how many hosts shared the E-step."""
-  position: dict = {}
-  for i, q in enumerate(queries):
-    position.setdefault(q.id, i)
-  return sorted(records, key=lambda r: position[r["query_id"]])
-
-
-def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
+def iteration_stats(summaries: Sequence[dict], records: Sequence[TrainRecord]) -> dict:
   """Per-iteration statistics: code-invocation rate per query (mean and histogram over 0..K
   vanilla rollouts), the distribution of s*(c=1|x) (mean and 10-bin histogram), tool statuses,
   grader timeouts and errors (branch continuations included), mean rewards by probe and by
@@ -408,6 +389,6 @@ def iteration_stats(summaries: Sequence[dict], records: Sequence[dict]) -> dict:
   out["rollouts"] = int(sum(len(v) for s in summaries for v in s["rewards"].values()))
   out["reward_mean"] = float(np.mean([r for s in summaries for v in s["rewards"].values()
                                       for r in v]))
-  out["dtrain_code_frac"] = float(np.mean([r["label"] for r in records])) if records else 0.0
+  out["dtrain_code_frac"] = float(np.mean([r.label for r in records])) if records else 0.0
   out["branches"] = int(sum(len(s.get("branches", ())) for s in summaries))
   return out

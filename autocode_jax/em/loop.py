@@ -17,7 +17,6 @@ its last checkpoint, and a finished phase is never repeated.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -26,9 +25,9 @@ import jax
 import numpy as np
 
 from autocode_jax.data.datasets import load_dataset
+from autocode_jax.data.dtrain import TrainRecord, in_query_order, read_dtrain, write_records
 from autocode_jax.data.records import SftExample
 from autocode_jax.data.sampling import stratified_sample
-from autocode_jax.data.store import write_jsonl
 from autocode_jax import synthetic
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
@@ -36,6 +35,7 @@ from autocode_jax.em.metrics import MetricsWriter
 from autocode_jax.em.policy import Policy
 from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
+from autocode_jax.files import read_json, read_shards, write_json, write_jsonl
 
 PHASES = ("estep", "behaviour", "mstep", "export", "eval")
 
@@ -46,15 +46,6 @@ def _barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 class Progress:
   """Which phases of which iteration are done. Every process keeps the same copy (they run the
   same control flow); process 0 persists it."""
@@ -63,8 +54,7 @@ class Progress:
     self.path = path
     self.data = {"done": {}, "mstep_start": {}, "exported_step": None}
     if os.path.exists(path):
-      with open(path) as f:
-        self.data = json.load(f)
+      self.data = read_json(path)
 
   def done(self, iteration: int, phase: str) -> bool:
     return phase in self.data["done"].get(str(iteration), [])
@@ -78,7 +68,7 @@ class Progress:
         self.data[k] = v
     _barrier(f"progress-{iteration}-{phase}")
     if jax.process_index() == 0:
-      _write_json(self.path, self.data)
+      write_json(self.path, self.data)
 
 
 def iteration_plan(num_queries: int, per_iteration: int, epochs: int) -> int:
@@ -104,19 +94,18 @@ def _prepare_run_dir(cfg: RunConfig) -> None:
     os.makedirs(cfg.run_dir, exist_ok=True)
   _barrier("run-dir")
   if os.path.exists(path):
-    with open(path) as f:
-      try:
-        saved = config_from_json(json.load(f))
-      except ConfigError as e:
-        raise ConfigError("run_dir", f"{path} was written by another version ({e}); use a new "
-                          "run_dir") from None
+    try:
+      saved = config_from_json(read_json(path))
+    except ConfigError as e:
+      raise ConfigError("run_dir", f"{path} was written by another version ({e}); use a new "
+                        "run_dir") from None
     diff = resume_conflicts(saved, cfg)
     if diff:
       raise ConfigError(diff[0].split(":")[0], f"{cfg.run_dir} holds a run with other settings; "
                         "use a new run_dir or the same flags. Differences: " + "; ".join(diff))
   _barrier("config-check")
   if jax.process_index() == 0 and not os.path.exists(path):
-    _write_json(path, cfg.to_json())
+    write_json(path, cfg.to_json())
 
 
 class _Bar:
@@ -216,7 +205,7 @@ class Runner:
     _barrier("export")
     self.progress.data["exported_step"] = self.policy.step
     if self.pid == 0:
-      _write_json(self.progress.path, self.progress.data)
+      write_json(self.progress.path, self.progress.data)
 
   def close(self) -> None:
     if self._explorer is not None:
@@ -234,7 +223,7 @@ class Runner:
     if cfg.algorithm == "sft":
       path = os.path.join(it_dir, f"dtrain{self.shard}.jsonl")
       recs = sft_dtrain(cfg, self.tokenizer, mine, it, self.stop_ids)
-      write_jsonl(path, recs)
+      write_records(path, recs)
     else:
       ex = self.explorer()
       total = len(mine) * cfg.k * len(cfg.probes)
@@ -243,10 +232,10 @@ class Runner:
                         on_chunk=lambda nq, nr: bar.update(nr))
       bar.close()
     _barrier(f"estep-{it}")
-    records = explore.read_shards(it_dir, "dtrain")
+    records = read_dtrain(it_dir)
     stats = {}
     if cfg.algorithm != "sft":
-      stats = explore.iteration_stats(explore.read_shards(it_dir, "queries"), records)
+      stats = explore.iteration_stats(read_shards(it_dir, "queries"), records)
     stats["seconds"] = time.perf_counter() - t0
     if stats.get("rollouts"):
       stats["rollouts_per_s"] = stats["rollouts"] / stats["seconds"]
@@ -260,7 +249,7 @@ class Runner:
     path = os.path.join(it_dir, f"eval{self.shard}.jsonl")
     write_jsonl(path, rows)
     _barrier(f"eval-{it}")
-    return autocode_analysis(explore.read_shards(it_dir, "eval"))
+    return autocode_analysis(read_shards(it_dir, "eval"))
 
   def _mstep(self, it: int, records: list, behaviour: list) -> dict:
     cfg = self.cfg
@@ -299,7 +288,7 @@ class Runner:
         self.metrics.write("estep", self.policy.step, stats, iteration=it)
         self.progress.mark(it, "estep")
         line["estep"] = stats
-      records = explore.in_query_order(explore.read_shards(it_dir, "dtrain"), queries)
+      records = in_query_order(read_dtrain(it_dir), queries)
       if cfg.drop_uniform_groups and cfg.algorithm != "sft":
         records = _drop_uniform(records)
       behaviour_path = os.path.join(it_dir, "behaviour.npz")
@@ -308,7 +297,7 @@ class Runner:
           self._explorer.engine.sleep()
         t0 = time.perf_counter()
         behaviour = self.policy.behaviour_logprobs(records) if cfg.algorithm != "sft" else [
-            np.zeros(len(r["token_ids"]), np.float32) for r in records]
+            np.zeros(len(r.token_ids), np.float32) for r in records]
         if self.pid == 0:
           mstep.save_behaviour(behaviour_path, behaviour)
         info = mstep.mismatch(records, behaviour) if cfg.algorithm != "sft" else {}
@@ -352,7 +341,8 @@ def load_queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> l
   return stratified_sample(pool, n, seed=cfg.seed) if n < len(pool) else pool
 
 
-def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int, stops) -> list[dict]:
+def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int,
+               stops) -> list[TrainRecord]:
   """The sft baseline's D_train records of `queries`: their given solutions, or on the synthetic
   task its warm-start corpus (synthetic.corpus)."""
   if cfg.train_set == synthetic.SOURCE:
@@ -367,11 +357,11 @@ def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int, stops) 
                              explore.end_id(tokenizer, cfg.template, stops))
 
 
-def _drop_uniform(records: list[dict]) -> list[dict]:
+def _drop_uniform(records: list[TrainRecord]) -> list[TrainRecord]:
   groups: dict = {}
   for r in records:
-    groups.setdefault(r["group"], set()).add(r["reward"])
-  return [r for r in records if len(groups[r["group"]]) > 1]
+    groups.setdefault(r.group, set()).add(r.reward)
+  return [r for r in records if len(groups[r.group]) > 1]
 
 
 def summary_line(it: int, total: int, line: dict) -> str:

@@ -3,18 +3,19 @@ asked (tensorboardX, imported only then). Only process 0 writes."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 import jax
+
+from autocode_jax.files import JsonlStore, read_jsonl
 
 
 class MetricsWriter:
 
   def __init__(self, run_dir: str, tensorboard: bool = False):
     self.enabled = jax.process_index() == 0
-    self.path = os.path.join(run_dir, "metrics.jsonl")
+    self.store = JsonlStore(os.path.join(run_dir, "metrics.jsonl"))
     self._tb = None
     if self.enabled and tensorboard:
       try:
@@ -30,8 +31,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     rec = {"kind": kind, "step": step, **tags, **values, "time": round(time.time(), 3)}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+    self.store.append([rec])
     if self._tb is not None:
       for k, v in _scalars(values, kind):
         self._tb.add_scalar(k, v, step)
@@ -52,9 +52,6 @@ def _scalars(values: dict, prefix: str):
 
 
 def read_metrics(run_dir: str, kind: str | None = None) -> list[dict]:
-  path = os.path.join(run_dir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    recs = [json.loads(line) for line in f if line.endswith("\n")]
+  """The events of run_dir/metrics.jsonl (of `kind`, if given), in order."""
+  recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
   return [r for r in recs if kind is None or r["kind"] == kind]

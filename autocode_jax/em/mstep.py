@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from autocode_jax.data.dtrain import TrainRecord
 from autocode_jax.em.policy import local_value
 from autocode_jax.training.collate import collate, decision_rows
 
@@ -31,12 +32,12 @@ def batch_indices(num_records: int, batch_size: int, seed: int, iteration: int, 
   return order[idx]
 
 
-def mismatch(records: Sequence[dict], behaviour: Sequence[np.ndarray]) -> dict:
+def mismatch(records: Sequence[TrainRecord], behaviour: Sequence[np.ndarray]) -> dict:
   """Engine vs trainer log-probs over `model` tokens: mean and max |delta log p|."""
   deltas = []
   for r, lp in zip(records, behaviour):
-    model = np.asarray(list(r["roles"])) == "m"
-    deltas.append(np.abs(np.asarray(r["logprobs"], np.float32)[model] - lp[model]))
+    model = np.asarray(r.model_mask, bool)
+    deltas.append(np.abs(np.asarray(r.logprobs, np.float32)[model] - lp[model]))
   d = np.concatenate(deltas) if deltas else np.zeros(0)
   return {"logprob_mismatch_mean": float(d.mean()) if d.size else 0.0,
           "logprob_mismatch_max": float(d.max()) if d.size else 0.0,
@@ -59,16 +60,15 @@ def load_behaviour(path: str) -> list[np.ndarray]:
   return np.split(flat, np.cumsum(lengths)[:-1]) if len(lengths) else []
 
 
-def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pad_id: int,
+def make_batch(records: Sequence[TrainRecord], behaviour: Sequence[np.ndarray], idx, pad_id: int,
                length_multiple: int, decisions: bool = False,
                reference: bool = False) -> dict[str, np.ndarray]:
   """The train batch of D_train rows `idx`; with `decisions`, also one decision row per query
   (group) among them (training.collate.decision_rows); with `reference`, the reference
   log-probs of the KL term: METHOD.md's pi_ref is the policy that sampled D_train (the weights
   at the iteration's start), whose log-probs are the behaviour log-probs themselves."""
-  rows = [dict(records[i], behaviour=behaviour[i]) for i in idx]
-  batch = collate(rows, [records[i]["advantage"] for i in idx], pad_id, length_multiple,
-                  logprob_key="behaviour")
+  rows = [records[i] for i in idx]
+  batch = collate(rows, pad_id, length_multiple, logprobs=[behaviour[i] for i in idx])
   if decisions:
     batch.update(decision_rows(rows, len(rows), pad_id, length_multiple))
   if reference:
@@ -76,7 +76,7 @@ def make_batch(records: Sequence[dict], behaviour: Sequence[np.ndarray], idx, pa
   return batch
 
 
-def run_mstep(policy, records: Sequence[dict], behaviour: Sequence[np.ndarray],
+def run_mstep(policy, records: Sequence[TrainRecord], behaviour: Sequence[np.ndarray],
               iteration: int, start_step: int, checkpointer,
               on_step: Callable[[int, dict], None] | None = None) -> int:
   """Train steps policy.step .. end over D_train (end = start_step + epochs x steps per epoch),

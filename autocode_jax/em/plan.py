@@ -112,8 +112,8 @@ def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
   if cfg.algorithm == "sft":
     stops = explore.stop_ids(tokenizer, model_config(cfg, tokenizer), cfg.template)
     recs = loop.sft_dtrain(cfg, tokenizer, queries, 0, stops)
-    longest = max(len(r["prompt_ids"]) + len(r["token_ids"]) for r in recs)
-    prompt, source = max(len(r["prompt_ids"]) for r in recs), "longest prompt + solution"
+    longest = max(r.length for r in recs)
+    prompt, source = max(len(r.prompt_ids) for r in recs), "longest prompt + solution"
   else:
     prompt = max(len(tokenizer.encode(build_prompt(q.problem, "auto", "vanilla", cfg.template,
                                                    tokenizer).text)) for q in queries)
@@ -130,13 +130,15 @@ def abstract_batch(cfg, rows: int, lengths: dict, mesh) -> dict:
   """ShapeDtypeStructs of the train step's batch, rows sharded like Policy.to_global shards
   them: the batch mstep.make_batch builds from `rows` records of the longest row (collate's
   padding, keys and dtypes), one query each (so as many decision rows)."""
+  from autocode_jax.data.dtrain import TrainRecord
   from autocode_jax.em import mstep
   from autocode_jax.training.step import batch_sharding
   prompt = min(lengths["prompt"], lengths["train"] - 1)
   n = lengths["train"] - prompt
-  records = [{"prompt_ids": [0] * prompt, "token_ids": [0] * n, "roles": "m" * n,
-              "advantage": 0.0, "group": i, "s_star": [0.5, 0.5],
-              "decision_ids": [0] * lengths["prefix"]} for i in range(rows)]
+  records = [TrainRecord(query_id=str(i), probe="vanilla", iteration=0, label=0, reward=0.0,
+                         prompt_ids=[0] * prompt, token_ids=[0] * n, roles="m" * n,
+                         logprobs=[0.0] * n, advantage=0.0, group=str(i), s_star=(0.5, 0.5),
+                         decision_ids=[0] * lengths["prefix"]) for i in range(rows)]
   batch = mstep.make_batch(records, [np.zeros(n, np.float32)] * rows, range(rows), 0,
                            cfg.length_multiple, cfg.loss.decision_term,
                            reference=bool(cfg.loss.kl_coef))

@@ -129,7 +129,7 @@ class Policy:
           state_shardings=self.shardings, batch_size=self.cfg.train_batch_size)
     return self._step
 
-  def behaviour_logprobs(self, records: list[dict]) -> list[np.ndarray]:
+  def behaviour_logprobs(self, records: list) -> list[np.ndarray]:
     """log pi(y_t | x, y<t) of every response token of every record, under the current
     parameters in the trainer's numerics; [R_i] float32 per record."""
     n = self.cfg.logprob_batch_size
@@ -137,12 +137,12 @@ class Policy:
     for start in range(0, len(records), n):
       chunk = records[start:start + n]
       padded = chunk + [chunk[-1]] * (n - len(chunk))
-      batch = collate(padded, [0.0] * n, self.pad_id, self.cfg.length_multiple)
+      batch = collate(padded, self.pad_id, self.cfg.length_multiple)
       g = self.to_global({"tokens": batch["tokens"], "mask": batch["attention_mask"]})
       with jax.set_mesh(self.mesh):
         lp = local_value(behaviour_logprob_program(self.graphdef, self.state.params,
                                                    g["tokens"], g["mask"]))
       for i, r in enumerate(chunk):
-        p, m = len(r["prompt_ids"]), len(r["token_ids"])
+        p, m = len(r.prompt_ids), len(r.token_ids)
         out.append(lp[i, p:p + m].astype(np.float32))
     return out

@@ -9,18 +9,17 @@ benchmarks already there), results.json, summary.md, accuracy_by_mode.png, invoc
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 from autocode_jax.data.datasets import DATASETS, load_dataset
 from autocode_jax.data.sampling import stratified_sample
-from autocode_jax.data.store import write_jsonl
 from autocode_jax.em import explore
 from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES
-from autocode_jax.flagging import ConfigError, option, required
 from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
+from autocode_jax.files import read_jsonl, write_jsonl
+from autocode_jax.flagging import ConfigError, option, required
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,8 +156,7 @@ def evaluate(cfg: EvalConfig, log=print) -> dict:
       grader.close()
   results = {}
   for name in cfg.benchmarks:
-    with open(os.path.join(rows_dir, f"{name}.jsonl")) as f:
-      rows = [json.loads(line) for line in f]
+    rows = read_jsonl(os.path.join(rows_dir, f"{name}.jsonl"))
     results[name] = dict(autocode_analysis(rows),
                          n_samples=cfg.samples if name in cfg.sampled_benchmarks else 1)
   report.write_report(results, cfg.out_dir)

@@ -4,12 +4,12 @@ per prompt mode over iterations, and the code-invocation histogram by training p
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
 from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.files import read_shards, write_json
 
 
 def _plt():
@@ -107,8 +107,7 @@ def plot_series(panels: dict[str, dict[str, list[tuple]]], path: str, *, xlabel:
 
 
 def write_report(results: dict[str, dict], out_dir: str) -> None:
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  write_json(os.path.join(out_dir, "results.json"), results)
   with open(os.path.join(out_dir, "summary.md"), "w") as f:
     f.write(markdown_table(results))
   plot_accuracy_by_mode(results, os.path.join(out_dir, "accuracy_by_mode.png"))
@@ -122,11 +121,7 @@ def eval_rows(run_dir: str) -> dict[int, list[dict]]:
   out = {}
   root = os.path.join(run_dir, "iterations")
   for name in sorted(os.listdir(root)):
-    rows = []
-    for fname in sorted(os.listdir(os.path.join(root, name))):
-      if fname.startswith("eval"):
-        with open(os.path.join(root, name, fname)) as f:
-          rows += [json.loads(line) for line in f]
+    rows = read_shards(os.path.join(root, name), "eval")
     if rows:
       out[int(name)] = rows
   return out

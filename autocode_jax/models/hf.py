@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
+from autocode_jax.files import write_json
 from autocode_jax.models import config as config_lib
 from autocode_jax.models import sharding as sharding_lib
 from autocode_jax.models.safetensors_io import SafetensorsReader, write_file
@@ -265,15 +266,15 @@ def save_pretrained(model: Transformer, out_dir: str, tokenizer_dir: str | None 
         total += int(np.prod(shape)) * out_dtype.itemsize
     if not writer:
       return
-    _write_json(os.path.join(tmp, "model.safetensors.index.json"),
-                {"metadata": {"total_size": total}, "weight_map": weight_map})
+    write_json(os.path.join(tmp, "model.safetensors.index.json"),
+               {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
     hf_config = config_lib.to_hf_dict(cfg)
     hf_config["torch_dtype"] = str(jnp.dtype(out_dtype))
-    _write_json(os.path.join(tmp, "config.json"), hf_config)
+    write_json(os.path.join(tmp, "config.json"), hf_config, indent=2)
     gen = {k: v for k, v in (("bos_token_id", cfg.bos_token_id),
                              ("eos_token_id", hf_config.get("eos_token_id"))) if v is not None}
     gen.update(generation_config or {})
-    _write_json(os.path.join(tmp, "generation_config.json"), gen)
+    write_json(os.path.join(tmp, "generation_config.json"), gen, indent=2)
     if tokenizer_dir is not None:
       from autocode_jax.models.tokenizer import tokenizer_files
       for src in tokenizer_files(tokenizer_dir):
@@ -285,10 +286,6 @@ def save_pretrained(model: Transformer, out_dir: str, tokenizer_dir: str | None 
       shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_json(path: str, obj) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
 
 
 def _swap_in(tmp: str, out_dir: str) -> None:

@@ -19,7 +19,6 @@ Every phase is an ordinary run of em.loop, so the whole demo resumes like one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import numpy as np
@@ -30,6 +29,7 @@ from autocode_jax.em.config import RunConfig
 from autocode_jax.em.metrics import read_metrics
 from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis
+from autocode_jax.files import write_json
 from autocode_jax.flagging import ConfigError, option
 from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
@@ -186,15 +186,12 @@ def sampled_hists(phases: dict[str, RunConfig]) -> dict[str, list[int]]:
   E-step (the warm start) and its last."""
   out = {}
   for name, cfg in phases.items():
-    path = os.path.join(cfg.run_dir, "metrics.jsonl")
-    if name == "warm" or not os.path.isfile(path):
+    if name == "warm":
       continue
     by_it = {}
-    with open(path) as f:
-      for line in f:
-        m = json.loads(line)
-        if m.get("kind") == "estep" and "code_rate_hist" in m:
-          by_it[m["iteration"]] = m["code_rate_hist"]  # a resumed E-step: its last record
+    for m in read_metrics(cfg.run_dir, "estep"):
+      if "code_rate_hist" in m:
+        by_it[m["iteration"]] = m["code_rate_hist"]  # a resumed E-step: its last record
     its = sorted(by_it)
     for i in its[:1] + its[1:][-1:]:
       out[f"{name} E-step {i + 1}" + (" (warm start)" if i == its[0] else "")] = by_it[i]
@@ -257,10 +254,8 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
                           "invocation_rate")))
   with open(os.path.join(cfg.run_dir, "summary.md"), "w") as f:
     f.write(table)
-  with open(os.path.join(cfg.run_dir, "summary.json"), "w") as f:
-    json.dump(rows, f, indent=1)
-  with open(os.path.join(cfg.run_dir, "families.json"), "w") as f:
-    json.dump(families, f, indent=1)
+  write_json(os.path.join(cfg.run_dir, "summary.json"), rows)
+  write_json(os.path.join(cfg.run_dir, "families.json"), families)
   hists = {}
   for r in rows:
     if r["invocation_hist"] and (r["iteration"] == 0 or r is _last(rows, r["method"])):
@@ -343,8 +338,7 @@ def run_sweep(cfg: RunConfig, demo: DemoConfig, seeds, shares, log=print) -> lis
   table = sweep_table(results)
   with open(os.path.join(cfg.run_dir, "sweep.md"), "w") as f:
     f.write(table)
-  with open(os.path.join(cfg.run_dir, "sweep.json"), "w") as f:
-    json.dump(results, f, indent=1)
+  write_json(os.path.join(cfg.run_dir, "sweep.json"), results)
   panels = {}
   for share in shares:
     per_seed = [comparison_points(r["rows"]) for r in results if r["code_share"] == share]

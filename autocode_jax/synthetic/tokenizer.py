@@ -4,10 +4,11 @@ HuggingFace tokenizer directory that models.load_tokenizer, transformers and vLL
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Iterable
+
+from autocode_jax.files import write_json
 
 EOS = "<|endoftext|>"
 SPECIAL = (EOS, "<|im_start|>", "<|im_end|>")
@@ -34,10 +35,9 @@ def build_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 512) -
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
   tok.save(os.path.join(tmp, "tokenizer.json"))
-  with open(os.path.join(tmp, "tokenizer_config.json"), "w") as f:
-    json.dump({"eos_token": EOS, "pad_token": EOS, "model_max_length": 4096,
-               "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False},
-              f, indent=1)
+  write_json(os.path.join(tmp, "tokenizer_config.json"),
+             {"eos_token": EOS, "pad_token": EOS, "model_max_length": 4096,
+              "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False})
   if os.path.isdir(out_dir):
     import shutil
     shutil.rmtree(out_dir)

@@ -8,38 +8,41 @@ from typing import Sequence
 
 import numpy as np
 
+from autocode_jax.data.dtrain import TrainRecord
+
 
 def _bucket(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def collate(records: Sequence[dict], advantages: Sequence[float], pad_id: int = 0,
-            length_multiple: int = 128, logprob_key: str = "logprobs") -> dict[str, np.ndarray]:
-  """records: dicts with prompt_ids, token_ids, roles (per response token: prefix/model/tool, or
-  the letters p/m/t) and `logprob_key` (behaviour log-probs per response token). Returns the
-  batch of step.py; `prefix` and `tool` tokens are context only (in no mask)."""
-  rows = [list(r["prompt_ids"]) + list(r["token_ids"]) for r in records]
+def collate(records: Sequence[TrainRecord], pad_id: int = 0, length_multiple: int = 128,
+            logprobs: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
+  """The batch of step.py from D_train records: prompt + response tokens, the policy mask over
+  the `m` tokens (`p` and `t` tokens are context only), each record's advantage, and as
+  old_logprobs `logprobs` ([R_i] per record: the behaviour log-probs) or else the records' own
+  engine log-probs."""
+  if logprobs is None:
+    logprobs = [r.logprobs for r in records]
+  rows = [list(r.prompt_ids) + list(r.token_ids) for r in records]
   t = _bucket(max(len(x) for x in rows), length_multiple)
   b = len(records)
   batch = {"tokens": np.full((b, t), pad_id, np.int32),
            "attention_mask": np.zeros((b, t), np.float32),
            "policy_mask": np.zeros((b, t), np.float32),
            "old_logprobs": np.zeros((b, t), np.float32),
-           "advantages": np.asarray(advantages, np.float32)}
-  for i, (r, row) in enumerate(zip(records, rows)):
-    p, n = len(r["prompt_ids"]), len(r["token_ids"])
-    if len(r["roles"]) != n or len(r[logprob_key]) != n:
-      raise ValueError(f"record {i}: token_ids, roles and {logprob_key} differ in length")
+           "advantages": np.asarray([r.advantage for r in records], np.float32)}
+  for i, (r, row, lp) in enumerate(zip(records, rows, logprobs)):
+    p, n = len(r.prompt_ids), len(r.token_ids)
+    if len(lp) != n:
+      raise ValueError(f"record {i}: {n} token_ids but {len(lp)} log-probs")
     batch["tokens"][i, :len(row)] = row
     batch["attention_mask"][i, :len(row)] = 1
-    roles = r["roles"]  # role names, or one letter per token (p/m/t) as D_train stores them
-    roles = np.asarray(list(roles) if isinstance(roles, str) else roles)
-    batch["policy_mask"][i, p:p + n] = (roles == "model") | (roles == "m")
-    batch["old_logprobs"][i, p:p + n] = r[logprob_key]
+    batch["policy_mask"][i, p:p + n] = r.model_mask
+    batch["old_logprobs"][i, p:p + n] = lp
   return batch
 
 
-def decision_rows(records: Sequence[dict], num_rows: int, pad_id: int = 0,
+def decision_rows(records: Sequence[TrainRecord], num_rows: int, pad_id: int = 0,
                   length_multiple: int = 128) -> dict[str, np.ndarray]:
   """The decision rows of a batch (METHOD.md, M-step, Decision term): one per distinct `group`
   among `records`, in order of first appearance, each the group's decision context
@@ -50,17 +53,16 @@ def decision_rows(records: Sequence[dict], num_rows: int, pad_id: int = 0,
   three fields."""
   first: dict = {}
   for i, r in enumerate(records):
-    key = r["group"]
+    key = r.group
     if key not in first:
       first[key] = r
-    elif (list(first[key]["prompt_ids"]), list(first[key]["decision_ids"]),
-          list(first[key]["s_star"])) != (list(r["prompt_ids"]), list(r["decision_ids"]),
-                                          list(r["s_star"])):
+    elif (first[key].prompt_ids, first[key].decision_ids, first[key].s_star) != (
+        r.prompt_ids, r.decision_ids, r.s_star):
       raise ValueError(f"record {i} of group {key!r}: its decision context, prefix or s* "
                        "differs from the group's first record")
   if len(first) > num_rows:
     raise ValueError(f"{len(first)} decision rows do not fit in {num_rows}")
-  rows = [(list(r["prompt_ids"]), list(r["decision_ids"]), float(r["s_star"][1]))
+  rows = [(list(r.prompt_ids), list(r.decision_ids or ()), float(r.s_star[1]))
           for r in first.values()]
   for (ctx, dec, _), key in zip(rows, first):
     if not dec:
