@@ -76,13 +76,18 @@ class JsonlStore:
     finally:
       os.close(fd)
 
-  def lines(self) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of every complete line, in order; none if the file is absent."""
+  def lines(self, strict: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of every complete line, in order; none if the file is absent.
+    strict: a torn last line is an error too (a file whose writer has finished)."""
     if not os.path.exists(self.path):
       return
     with open(self.path, "rb") as f:
       data = f.read()
-    for lineno, line in enumerate(data.split(b"\n")[:-1], 1):  # after the last newline: torn
+    lines = data.split(b"\n")
+    if strict and lines[-1]:
+      raise DataError(f"{self.path}:{len(lines)}: truncated line (the file ends without a "
+                      "newline)")
+    for lineno, line in enumerate(lines[:-1], 1):  # after the last newline: torn
       yield lineno, json_object(line, self.path, lineno)
 
   def read(self) -> list[dict]:

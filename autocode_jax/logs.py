@@ -24,10 +24,23 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
                     "engine start-up, ...)", flag_values=fv)
 
 
+class _NoTraceback(logging.Filter):
+  """Quiet mode: a library's warning or error is one line; its traceback only with --verbose
+  (a failed checkpoint write would print one per writer thread, while the run itself ends with
+  one line naming the cause: rundir.errors_exit)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+_FILTER = _NoTraceback()
+
+
 def configure(verbose: bool = False, absl_verbosity: int | None = None) -> None:
-  """INFO from every library with `verbose`, else WARNING and above (a user's environment
-  settings for vLLM and transformers win). absl_verbosity: the value of absl's own -v, kept
-  when given."""
+  """INFO from every library with `verbose`, else WARNING and above, one line each (a user's
+  environment settings for vLLM and transformers win). absl_verbosity: the value of absl's own
+  -v, kept when given."""
   level = logging.INFO if verbose else logging.WARNING
   name = logging.getLevelName(level)
   os.environ.setdefault("VLLM_LOGGING_LEVEL", name)
@@ -35,9 +48,15 @@ def configure(verbose: bool = False, absl_verbosity: int | None = None) -> None:
   if absl_verbosity is None:
     absl_verbosity = absl_logging.INFO if verbose else absl_logging.WARNING
   absl_logging.set_verbosity(absl_verbosity)
-  logging.getLogger().setLevel(level)
+  root = logging.getLogger()
+  root.setLevel(level)
   for logger in LIBRARY_LOGGERS:
     logging.getLogger(logger).setLevel(level)
+  for handler in root.handlers:  # absl's, installed by app.run
+    if verbose:
+      handler.removeFilter(_FILTER)
+    else:
+      handler.addFilter(_FILTER)
 
 
 def configure_from_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

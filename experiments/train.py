@@ -18,9 +18,9 @@ from autocode_jax import hostmem  # noqa: E402
 
 hostmem.keep_freed_memory()  # before numpy and jax start threads: see hostmem
 
-from autocode_jax import logs  # noqa: E402
+from autocode_jax import logs, rundir  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
-from autocode_jax.files import DataError, write_json  # noqa: E402
+from autocode_jax.files import write_json  # noqa: E402
 from autocode_jax.flagging import bad_flags_exit  # noqa: E402
 from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
@@ -68,18 +68,17 @@ def main(argv):
   elif any(FLAGS[f].present for f in ("coordinator_address", "num_processes", "process_id")):
     raise app.UsageError("--coordinator_address/--num_processes/--process_id need --distributed")
   from autocode_jax.em.loop import run
-  with bad_flags_exit("train.py"):  # some are found once the run dir and data are read
+  # Some bad flags are found once the run dir and data are read; a held run dir, bad data and a
+  # full disk end the run with one line (rundir.errors_exit).
+  with bad_flags_exit("train.py"), rundir.errors_exit("train.py", cfg.run_dir, FLAGS.verbose):
     plan.check_engine_devices(cfg, jax.devices()[0].platform, jax.local_device_count(),
                               FLAGS.distributed)
-    try:
+    with rundir.hold(cfg.run_dir, jax.process_index()):  # before the run writes anything
       if demo is not None:
         summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
       else:
         summary = run(cfg, digest=FLAGS.params_digest)
-    except DataError as e:  # a malformed data or run file: named, left as it is
-      print(f"train.py: bad data: {e}", file=sys.stderr)
-      sys.exit(1)
-  write_json(os.path.join(cfg.run_dir, f"final.p{jax.process_index()}.json"), summary)
+      write_json(os.path.join(cfg.run_dir, f"final.p{jax.process_index()}.json"), summary)
 
 
 def dry_run(cfg) -> int:

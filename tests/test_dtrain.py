@@ -41,6 +41,8 @@ def test_a_file_round_trips_and_a_torn_tail_is_not_a_record(tmp_path):
   with open(path, "a") as f:
     f.write(EM_LINE[:40])
   assert read_records(str(path)) == recs
+  with pytest.raises(DataError, match=f"^{path}:3: truncated line"):
+    read_dtrain(str(path.parent))  # a finished E-step's D_train: a torn line is lost data
   append_records(str(path), recs[:1])  # cuts the torn line first
   assert read_dtrain(str(path.parent)) == recs + recs[:1]
 

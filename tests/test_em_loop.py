@@ -157,6 +157,56 @@ def test_a_corrupt_d_train_line_stops_the_run_naming_it(reference, tmp_path):
   assert path.read_bytes() == before
 
 
+@pytest.mark.slow
+def test_a_second_run_on_a_held_run_dir_is_refused(reference, tmp_path):
+  """The same command started twice on one run_dir: the second exits 2 at once naming the
+  holder, the first ends with the uninterrupted run's parameters."""
+  ref_dir, _ = reference
+  run_dir = tmp_path / "run"
+  first = _train(run_dir, wait=False)
+  t0 = time.time()
+  while not (run_dir / "lock.p0").exists() or not (run_dir / "lock.p0").read_text():
+    assert first.poll() is None and time.time() - t0 < 300
+    time.sleep(0.1)
+  second = subprocess.run(TRAIN + [f"--run_dir={run_dir}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert second.returncode == 2, second.stderr[-3000:]
+  assert (f"train.py: {run_dir} is in use by another run (pid {first.pid} on "
+          f"{socket.gethostname()}") in second.stderr, second.stderr[-3000:]
+  out, _ = first.communicate(timeout=900)
+  assert first.returncode == 0, out[-3000:]
+  assert _final(run_dir)["params_sha256"] == _final(ref_dir)["params_sha256"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_is_one_line_and_the_run_resumes(reference, tmp_path):
+  """On an 8 MB filesystem the first checkpoint cannot be written: the run ends with exit 1 and
+  one line of ours naming the cause and the path (no traceback of ours); with room made, the
+  same command resumes to the uninterrupted run's parameters."""
+  ref_dir, _ = reference
+  small = tmp_path / "small"
+  small.mkdir()
+  mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)],
+                         capture_output=True, text=True)
+  if mount.returncode != 0:
+    pytest.skip(f"cannot mount a small tmpfs here (needs root and CAP_SYS_ADMIN): "
+                f"{mount.stderr.strip()}")
+  try:
+    run_dir = small / "run"
+    p = subprocess.run(TRAIN + [f"--run_dir={run_dir}"], cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert p.returncode == 1, (p.stdout + p.stderr)[-3000:]
+    last = p.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"train.py: no space left on device writing {run_dir}/checkpoints"), last
+    assert "MiB free; the write needed" in last and "rerun the same command to resume" in last
+    assert "autocode_jax" not in p.stderr  # no traceback through our code
+    subprocess.run(["mount", "-o", "remount,size=512m", str(small)], check=True)
+    _train(run_dir)
+    assert _final(run_dir)["params_sha256"] == _final(ref_dir)["params_sha256"]
+  finally:
+    subprocess.run(["umount", "-l", str(small)], check=False)
+
+
 def _kill_when(run_dir, ready, timeout=600):
   p = _train(run_dir, wait=False)
   t0 = time.time()

@@ -172,7 +172,8 @@ def test_checkpoint_restores_onto_another_mesh(model_parts, tmp_path):
 def _run(ckpt, out, tokenizer_dir, kill_after=None):
   cmd = [sys.executable, os.path.join(TESTS, "train_fixtures.py"), str(ckpt), str(out),
          str(tokenizer_dir)]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONPATH=os.path.dirname(TESTS))  # this checkout's package, whatever is installed
   proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
   seen = []
   for line in proc.stdout:

@@ -150,15 +150,18 @@ def write_records(path: str, records: Iterable[TrainRecord]) -> None:
   write_jsonl(path, (r.to_json() for r in records))
 
 
-def read_records(path: str) -> list[TrainRecord]:
-  """The records of a D_train file; a torn last line is skipped, a malformed or incomplete line
-  is a DataError naming the file, the line and the field."""
-  return [TrainRecord.from_json(obj, f"{path}:{n}") for n, obj in JsonlStore(path).lines()]
+def read_records(path: str, strict: bool = False) -> list[TrainRecord]:
+  """The records of a D_train file; a malformed or incomplete line is a DataError naming the
+  file, the line and the field. A torn last line (a crash while appending) is skipped, or with
+  `strict` (a finished E-step's file) an error as well."""
+  return [TrainRecord.from_json(obj, f"{path}:{n}")
+          for n, obj in JsonlStore(path).lines(strict)]
 
 
 def read_dtrain(out_dir: str) -> list[TrainRecord]:
-  """D_train of an iteration directory: every host's shard (dtrain*.jsonl), in name order."""
-  return [r for path in shard_paths(out_dir, "dtrain") for r in read_records(path)]
+  """D_train of an iteration whose E-step has finished: every host's shard (dtrain*.jsonl), in
+  name order; a torn line is an error here (a record would be lost without it)."""
+  return [r for path in shard_paths(out_dir, "dtrain") for r in read_records(path, strict=True)]
 
 
 def in_query_order(records: Sequence[TrainRecord], queries: Sequence) -> list[TrainRecord]:
