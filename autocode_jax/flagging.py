@@ -6,8 +6,8 @@ an enum. A field whose default is itself a config dataclass (RunConfig.optimizer
 contributes that dataclass's flags, flat. A field with a plain default has no flag (the code
 sets it, e.g. LossConfig.kind).
 
-  define_flags(RunConfig, fv)                       # every flag, once
-  from_flags(RunConfig, fv, loss={"kind": "sft"})   # the config; fixed fields given
+  define_flags(RunConfig, fv)   # every flag, once
+  from_flags(RunConfig, fv)     # the config of the parsed flags
 
 A bad value raises ConfigError(field, message); `bad_flags_exit` prints it as
 `<script>: bad flag: --<field>: ...` and exits 2.
@@ -31,6 +31,15 @@ class ConfigError(ValueError):
     self.field = field
 
 
+def requirer(config):
+  """need(ok, field, message) for a config's __post_init__: ConfigError naming the field and
+  its value unless ok."""
+  def need(ok: bool, field: str, message: str) -> None:
+    if not ok:
+      raise ConfigError(field, f"{message} (got {getattr(config, field)!r})")
+  return need
+
+
 def option(default, help: str, *, choices=None):  # noqa: A002 (absl's word)
   """A dataclass field that is a flag of the same name (see the module docstring)."""
   if isinstance(default, (list, dict, set)):
@@ -52,14 +61,6 @@ def _flag_fields(cls):
       yield f, hints[f.name], None
     elif dataclasses.is_dataclass(f.default):
       yield f, hints[f.name], type(f.default)
-
-
-def flag_names(cls) -> list[str]:
-  """Every flag of `cls`, nested configs' included."""
-  out = []
-  for f, _, nested in _flag_fields(cls):
-    out.extend(flag_names(nested) if nested else [f.name])
-  return out
 
 
 def define_flags(cls, fv: flags.FlagValues = flags.FLAGS) -> None:
@@ -86,20 +87,19 @@ def define_flags(cls, fv: flags.FlagValues = flags.FLAGS) -> None:
       raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {kind}")
 
 
-def from_flags(cls, fv: flags.FlagValues = flags.FLAGS, **fixed):
-  """`cls` built from the parsed flags, lists as tuples; `fixed` gives fields in place of their
-  flags (for a nested config, a dict of its fields). A required flag left unset, or a value its
-  class refuses, raises ConfigError naming the flag."""
+def from_flags(cls, fv: flags.FlagValues = flags.FLAGS):
+  """`cls` built from the parsed flags, lists as tuples. A required flag left unset, or a
+  value its class refuses, raises ConfigError naming the flag."""
   kwargs = {}
   for f, _, nested in _flag_fields(cls):
     if nested is not None:
-      kwargs[f.name] = from_flags(nested, fv, **fixed.pop(f.name, {}))
-    elif f.name not in fixed:
-      value = fv[f.name].value
-      if value is None and f.default is dataclasses.MISSING:
-        raise ConfigError(f.name, "required")
-      kwargs[f.name] = tuple(value) if isinstance(value, list) else value
-  return cls(**kwargs, **fixed)
+      kwargs[f.name] = from_flags(nested, fv)
+      continue
+    value = fv[f.name].value
+    if value is None and f.default is dataclasses.MISSING:
+      raise ConfigError(f.name, "required")
+    kwargs[f.name] = tuple(value) if isinstance(value, list) else value
+  return cls(**kwargs)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import importlib.util
 import os
 
 from autocode_jax.data.datasets import DATASETS
-from autocode_jax.flagging import ConfigError, option, required
+from autocode_jax.flagging import ConfigError, option, required, requirer
 from autocode_jax.models.config import PRESET_NAMES
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
@@ -153,10 +153,7 @@ class RunConfig:
   log_every: int = option(1, "M-step steps between metric lines")
 
   def __post_init__(self):
-    def need(ok: bool, field: str, message: str):
-      if not ok:
-        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
-
+    need = requirer(self)
     need(bool(self.run_dir), "run_dir", "a directory for checkpoints and data is required")
     need(self.algorithm in ALGORITHMS, "algorithm", f"expected one of {ALGORITHMS}")
     # The loss follows the algorithm, decided here only: sft trains on given solutions; rl has

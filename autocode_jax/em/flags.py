@@ -20,7 +20,7 @@ def run_config(fv: flags.FlagValues = flags.FLAGS, check_paths: bool = True,
   A flag the algorithm does not read (config.IGNORED_BY, BRANCHING_ONLY) is refused.
   plan_only: check only the paths a dry run reads (config.validate_paths)."""
   algorithm = fv["algorithm"].value
-  for name in config_lib.IGNORED_BY.get(algorithm, ()):
+  for name in config_lib.IGNORED_BY[algorithm]:  # the enum flag admits only these
     if fv[name].present:
       raise flagging.ConfigError(name, f"algorithm={algorithm} does not use it; remove it")
   if not fv["branching"].value:

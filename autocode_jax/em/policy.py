@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import PartitionSpec
 
+from autocode_jax.data.dtrain import TrainRecord
 from autocode_jax.models import config as config_lib
 from autocode_jax.models.hf import from_pretrained
 from autocode_jax.models.sharding import make_mesh
@@ -129,7 +131,7 @@ class Policy:
           state_shardings=self.shardings, batch_size=self.cfg.train_batch_size)
     return self._step
 
-  def behaviour_logprobs(self, records: list) -> list[np.ndarray]:
+  def behaviour_logprobs(self, records: Sequence[TrainRecord]) -> list[np.ndarray]:
     """log pi(y_t | x, y<t) of every response token of every record, under the current
     parameters in the trainer's numerics; [R_i] float32 per record."""
     n = self.cfg.logprob_batch_size

@@ -19,7 +19,7 @@ from autocode_jax.eval import report
 from autocode_jax.eval.metrics import autocode_analysis, grader_note
 from autocode_jax.eval.run import run_modes
 from autocode_jax.files import read_jsonl, write_jsonl
-from autocode_jax.flagging import ConfigError, option, required
+from autocode_jax.flagging import ConfigError, option, required, requirer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,9 +70,7 @@ class EvalConfig:
   vllm_sleep = False
 
   def __post_init__(self):
-    def need(ok, field, message):
-      if not ok:
-        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
+    need = requirer(self)
     need(bool(self.model_dir), "model_dir", "a HuggingFace model directory is required")
     need(bool(self.out_dir), "out_dir", "an output directory is required")
     need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")

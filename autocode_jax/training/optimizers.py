@@ -12,7 +12,7 @@ import jax
 import optax
 from flax import nnx
 
-from autocode_jax.flagging import ConfigError, option
+from autocode_jax.flagging import option, requirer
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -38,10 +38,7 @@ class OptimizerConfig:
   max_grad_norm: float = option(1.0, "global-norm clip (0: off)")
 
   def __post_init__(self):
-    def need(ok: bool, field: str, message: str):
-      if not ok:
-        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
-
+    need = requirer(self)
     need(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}")
     need(self.lr_schedule in SCHEDULES, "lr_schedule", f"expected one of {SCHEDULES}")
     need(self.learning_rate > 0, "learning_rate", "must be positive")

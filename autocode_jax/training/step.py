@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from autocode_jax.flagging import ConfigError, option
+from autocode_jax.flagging import option, requirer
 from autocode_jax.models import sharding as sharding_lib
 from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
@@ -59,10 +59,7 @@ class LossConfig:
     return self.kind == "policy" and bool(self.ce_coef)
 
   def __post_init__(self):
-    def need(ok: bool, field: str, message: str):
-      if not ok:
-        raise ConfigError(field, f"{message} (got {getattr(self, field)!r})")
-
+    need = requirer(self)
     need(self.kind in LOSS_KINDS, "kind", f"expected one of {LOSS_KINDS}")
     need(self.ratio_level in RATIO_LEVELS, "ratio_level", f"expected one of {RATIO_LEVELS}")
     need(self.loss_aggregation in losses.AGGREGATIONS, "loss_aggregation",
