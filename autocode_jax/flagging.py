@@ -2,9 +2,9 @@
 
 A config field declares its flag where it is defined, with `option(default, help)` (or
 `required(help)`): the flag has the field's name, type, default and help; `choices=` makes it
-an enum. A field whose default is itself a config dataclass (RunConfig.optimizer, .loss)
-contributes that dataclass's flags, flat. A field with a plain default has no flag (the code
-sets it, e.g. LossConfig.kind).
+an enum. A field whose default is itself a config dataclass (RunConfig.optimizer, .loss,
+.rollout) contributes that dataclass's flags, flat, with that default instance's values as
+defaults. A field with a plain default has no flag (the code sets it, e.g. LossConfig.kind).
 
   define_flags(RunConfig, fv)   # every flag, once
   from_flags(RunConfig, fv)     # the config of the parsed flags
@@ -32,12 +32,34 @@ class ConfigError(ValueError):
 
 
 def requirer(config):
-  """need(ok, field, message) for a config's __post_init__: ConfigError naming the field and
-  its value unless ok."""
+  """need(ok, field, message) for a config's __post_init__: ConfigError naming the field (a
+  flag: its own, or one of a nested config's) and its value unless ok."""
   def need(ok: bool, field: str, message: str) -> None:
     if not ok:
-      raise ConfigError(field, f"{message} (got {getattr(config, field)!r})")
+      raise ConfigError(field, f"{message} (got {flag_value(config, field)!r})")
   return need
+
+
+def flag_value(config, name: str):
+  """The value of flag `name` in a config: its field, or a field of a nested config."""
+  if name in {f.name for f in dataclasses.fields(config)}:
+    return getattr(config, name)
+  for f, _, nested in _flag_fields(type(config)):
+    if nested is not None:
+      try:
+        return flag_value(getattr(config, f.name), name)
+      except KeyError:
+        pass
+  raise KeyError(name)
+
+
+def flat(config) -> dict:
+  """{flag name: value} of a config and its nested configs, in definition order."""
+  out = {}
+  for f in dataclasses.fields(config):
+    v = getattr(config, f.name)
+    out.update(flat(v) if dataclasses.is_dataclass(v) else {f.name: v})
+  return out
 
 
 def option(default, help: str, *, choices=None):  # noqa: A002 (absl's word)
@@ -63,13 +85,17 @@ def _flag_fields(cls):
       yield f, hints[f.name], type(f.default)
 
 
-def define_flags(cls, fv: flags.FlagValues = flags.FLAGS) -> None:
-  """A flag per option of `cls` and of its nested configs."""
+def define_flags(cls, fv: flags.FlagValues = flags.FLAGS, defaults=None) -> None:
+  """A flag per option of `cls` and of its nested configs. A nested config's flags default to
+  the values of the instance its field defaults to (EvalConfig's rollout settings may default
+  otherwise than RunConfig's); `defaults` is that instance."""
   for f, kind, nested in _flag_fields(cls):
     if nested is not None:
-      define_flags(nested, fv)
+      define_flags(nested, fv, getattr(defaults, f.name) if defaults is not None else f.default)
       continue
     default = None if f.default is dataclasses.MISSING else f.default
+    if defaults is not None:
+      default = getattr(defaults, f.name)
     text, choices = f.metadata["help"], f.metadata["choices"]
     if choices:
       flags.DEFINE_enum(f.name, default, choices, text, flag_values=fv)

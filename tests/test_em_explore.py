@@ -1,6 +1,7 @@
-"""The E-step driver with known rollouts: a scripted engine (beside the real-sampler runs of
-test_em_loop.py) with the real tokenizer, sandbox and grader. Statistics are checked against
-values computed by hand; resume after a cut-short chunk; branching; the rl and sft data."""
+"""The E-step driver with known rollouts: a rollout session over a scripted engine (beside the
+real-sampler runs of test_em_loop.py) with the real tokenizer, sandbox and grader. Statistics are
+checked against values computed by hand; resume after a cut-short chunk; branching; the rl and
+sft data; evaluation rows through the same session."""
 
 import dataclasses
 import json
@@ -11,12 +12,14 @@ import pytest
 
 from autocode_jax.data.dtrain import read_dtrain, read_records
 from autocode_jax.data.records import Query, SftExample
-from autocode_jax.em import explore
+from autocode_jax.data.sft import sft_records
+from autocode_jax.em import estep, explore
 from autocode_jax.em.config import RunConfig
 from autocode_jax.files import DataError, read_jsonl
 from autocode_jax.grading.pool import GraderPool
 from autocode_jax.interpreter import Sandbox
 from autocode_jax.models import load_tokenizer
+from autocode_jax.rollout.session import RolloutSession, RolloutSettings
 from autocode_jax.rollout.tool_loop import fence_token_ids
 from autocode_jax.training.step import LossConfig
 
@@ -56,12 +59,25 @@ def parts(tok):
   grader.close()
 
 
-def _explorer(tok, parts, **cfg):
+def _cfg(**cfg):
+  return RunConfig(**{"run_dir": "unused", "model_preset": "tiny-qwen2",
+                      "tokenizer_dir": "unused", "k": 4, "max_tokens": 200, "rollout_chunk": 1,
+                      **cfg})
+
+
+def _session(tok, parts, cfg, pick=choose):
+  """A session as rollout.session.open_session makes it, over a scripted engine."""
   sandbox, grader, fences = parts
-  cfg = RunConfig(**{"run_dir": "unused", "model_preset": "tiny-qwen2",
-                     "tokenizer_dir": "unused", "k": 4, "max_tokens": 200, "rollout_chunk": 1,
-                     **cfg})
-  return explore.Explorer(ScriptedPolicy(tok, choose), sandbox, tok, grader, cfg, fences, (EOS,))
+  return RolloutSession(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg.template, cfg.seed,
+                        cfg.rollout.max_tool_calls, cfg.rollout.grade_timeout_s, (EOS,), fences)
+
+
+def _estep(tok, parts, queries, iteration, out_dir, shard="", **changes):
+  """run_estep under _cfg(**changes); returns the session (its engine saw the rollouts)."""
+  cfg = _cfg(**changes)
+  session = _session(tok, parts, cfg)
+  explore.run_estep(session, cfg, queries, iteration, str(out_dir), shard)
+  return session
 
 
 def _softmax(a, b):
@@ -69,8 +85,7 @@ def _softmax(a, b):
 
 
 def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path):
-  ex = _explorer(tok, parts)
-  explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path), ".p0")
+  _estep(tok, parts, [Q1, Q2], 0, tmp_path, ".p0")
   stats = {s["query_id"]: s for s in read_jsonl(str(tmp_path / "queries.p0.jsonl"))}
   # q1: vanilla labels 0,1,0,1 (rewards equal labels); code_prefix: 4 x (c=1, r=1).
   s = stats["q1"]
@@ -106,7 +121,7 @@ def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path)
   for q in ("q1", "q2"):
     rs = [r for r in records if r["query_id"] == q]
     np.testing.assert_allclose([r["advantage"] for r in rs],
-                               explore.advantages([r["reward"] for r in rs]), atol=1e-9)
+                               estep.advantages([r["reward"] for r in rs]), atol=1e-9)
 
   it = explore.iteration_stats(list(stats.values()),
                                read_records(str(tmp_path / "dtrain.p0.jsonl")))
@@ -121,10 +136,9 @@ def test_statistics_and_d_train_match_hand_computed_values(tok, parts, tmp_path)
 def test_subsample_follows_s_star_over_many_queries(tok, parts, tmp_path):
   """q1's s*(1) = 0.881: over 60 copies of q1 (M = 4 each), the D_train code share matches it,
   and q2's (s*(1) = 0.034) matches its own."""
-  ex = _explorer(tok, parts, rollout_chunk=30)
   qs = [dataclasses.replace(Q1, id=f"a{i}") for i in range(60)]
   qs += [dataclasses.replace(Q2, id=f"b{i}") for i in range(60)]
-  explore.run_estep(ex, qs, 0, str(tmp_path))
+  _estep(tok, parts, qs, 0, tmp_path, rollout_chunk=30)
   records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   share = lambda p: np.mean([r["label"] for r in records if r["query_id"].startswith(p)])
   s1 = _softmax(2.0, 0.0)
@@ -134,19 +148,17 @@ def test_subsample_follows_s_star_over_many_queries(tok, parts, tmp_path):
 
 
 def test_resume_redoes_only_the_chunk_cut_short(tok, parts, tmp_path):
-  ex = _explorer(tok, parts)
   whole = tmp_path / "whole"
-  explore.run_estep(ex, [Q1, Q2], 0, str(whole))
+  _estep(tok, parts, [Q1, Q2], 0, whole)
   cut = tmp_path / "cut"
-  explore.run_estep(_explorer(tok, parts), [Q1], 0, str(cut))
+  _estep(tok, parts, [Q1], 0, cut)
   # A crash during q2's chunk: its D_train lines are on disk (one torn), its stats line is not.
   q2_lines = [line for line in (whole / "dtrain.jsonl").read_text().splitlines(True)
               if '"q2"' in line]
   with open(cut / "dtrain.jsonl", "a") as f:
     f.write(q2_lines[0] + q2_lines[1][:30])
-  ex2 = _explorer(tok, parts)
-  explore.run_estep(ex2, [Q1, Q2], 0, str(cut))
-  assert ex2.engine.new_rows and all("2 plus 3" in tok.decode(list(k)) for k in ex2.engine.new_rows)
+  engine = _estep(tok, parts, [Q1, Q2], 0, cut).engine
+  assert engine.new_rows and all("2 plus 3" in tok.decode(list(k)) for k in engine.new_rows)
   strip = lambda p: [{k: v for k, v in r.items() if k != "elapsed_s"}
                      for r in read_jsonl(str(p))]
   assert strip(cut / "dtrain.jsonl") == strip(whole / "dtrain.jsonl")
@@ -158,15 +170,15 @@ def test_a_torn_d_train_resumes_and_a_corrupt_field_is_refused(tok, parts, tmp_p
   of the wrong type (or no such field) is refused, naming the file, the line and the field,
   and nothing on disk is changed."""
   whole = tmp_path / "whole"
-  explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(whole))
+  _estep(tok, parts, [Q1, Q2], 0, whole)
   run = tmp_path / "run"
-  explore.run_estep(_explorer(tok, parts), [Q1], 0, str(run))
+  _estep(tok, parts, [Q1], 0, run)
   path = run / "dtrain.jsonl"
   with open(path, "a") as f:  # q2's chunk torn: half a line, no stats line
     f.write([line for line in (whole / "dtrain.jsonl").read_text().splitlines(True)
              if '"q2"' in line][0][:50])
   assert len(read_records(str(path))) == 4  # the torn line is not a record
-  explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(run))
+  _estep(tok, parts, [Q1, Q2], 0, run)
   assert read_records(str(path)) == read_records(str(whole / "dtrain.jsonl"))
   lines = path.read_text().splitlines(True)
   for line, field, corrupt in ((3, "advantage", lambda o: o.update(advantage="high")),
@@ -177,15 +189,14 @@ def test_a_torn_d_train_resumes_and_a_corrupt_field_is_refused(tok, parts, tmp_p
     path.write_text("".join(lines[:line - 1] + [json.dumps(obj) + "\n"] + lines[line:]))
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     with pytest.raises(DataError, match=f"^{path}:{line}: .*'{field}'"):
-      explore.run_estep(_explorer(tok, parts), [Q1, Q2], 0, str(run))
+      _estep(tok, parts, [Q1, Q2], 0, run)
     with pytest.raises(DataError, match=f"^{path}:{line}: .*'{field}'"):
       read_dtrain(str(run))  # the M-step's reading
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing lost
 
 
 def test_branching_from_the_first_code_block(tok, parts, tmp_path):
-  ex = _explorer(tok, parts, branching=True, k_branch=2)
-  explore.run_estep(ex, [Q1], 1, str(tmp_path))
+  _estep(tok, parts, [Q1], 1, tmp_path, branching=True, k_branch=2)
   records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   branch = [r for r in records if r["probe"].startswith("branch")]
   groups = {r["group"] for r in branch}
@@ -203,8 +214,7 @@ def test_branching_from_the_first_code_block(tok, parts, tmp_path):
     assert tok.decode(r["decision_ids"]).strip() == "```python"
     assert r["advantage"] == 0.0  # equal rewards
   # The first iteration never branches.
-  explore.run_estep(_explorer(tok, parts, branching=True, k_branch=2), [Q1], 0,
-                    str(tmp_path / "it0"))
+  _estep(tok, parts, [Q1], 0, tmp_path / "it0", branching=True, k_branch=2)
   assert not any(r["probe"].startswith("branch")
                  for r in read_jsonl(str(tmp_path / "it0" / "dtrain.jsonl")))
 
@@ -218,8 +228,7 @@ def test_first_code_fence(tok):
 
 
 def test_rl_keeps_every_vanilla_rollout(tok, parts, tmp_path):
-  ex = _explorer(tok, parts, algorithm="rl", loss=LossConfig(ce_coef=0.0))
-  explore.run_estep(ex, [Q1, Q2], 0, str(tmp_path))
+  _estep(tok, parts, [Q1, Q2], 0, tmp_path, algorithm="rl", loss=LossConfig(ce_coef=0.0))
   records = read_jsonl(str(tmp_path / "dtrain.jsonl"))
   assert [r["probe"] for r in records] == ["vanilla"] * 8
   assert [r["label"] for r in records] == [0, 1, 0, 1, 0, 0, 0, 0]
@@ -228,16 +237,14 @@ def test_rl_keeps_every_vanilla_rollout(tok, parts, tmp_path):
 
 
 def test_sft_records_mask_output_blocks(tok):
-  cfg = RunConfig(run_dir="x", model_preset="tiny-qwen2", tokenizer_dir="x", algorithm="sft",
-                  loss=LossConfig(kind="sft"))
   sol = "Run it.\n```python\nprint(42)\n```\n```output\n42\n```\nSo \\boxed{42}."
-  (r,) = explore.sft_records(tok, cfg, [SftExample(Q1, sol)], 0, EOS)
+  (r,) = sft_records(tok, "chat", [SftExample(Q1, sol)], 0, EOS)
   tool = "".join(tok.decode([i]) for i, c in zip(r.token_ids, r.roles) if c == "t")
   assert tool == "```output\n42\n```\n"
   assert r.token_ids[-1] == EOS and r.roles[-1] == "m" and r.label == 1
   assert tok.decode(r.token_ids[:-1]) == sol
   with pytest.raises(ValueError, match="q1 of math500 has no solution"):
-    explore.sft_records(tok, cfg, [SftExample(Q1, "")], 0, EOS)
+    sft_records(tok, "chat", [SftExample(Q1, "")], 0, EOS)
 
 
 TOWER = "So \\boxed{10^{10^{10}} + 1}."  # exact comparison with 1 takes far past the limit
@@ -248,15 +255,11 @@ def test_grader_timeouts_are_counted_in_the_e_step_and_in_eval(tok, parts, tmp_p
   the query's stats line, the iteration's E-step statistics and line, and the eval rows and
   analysis."""
   from autocode_jax.em.loop import summary_line
-  from autocode_jax.eval.metrics import autocode_analysis
-  from autocode_jax.eval.run import run_modes
-  sandbox, grader, fences = parts
-  cfg = RunConfig(run_dir="unused", model_preset="tiny-qwen2", tokenizer_dir="unused", k=4,
-                  max_tokens=200, rollout_chunk=1, grade_timeout_s=1.0)
+  from autocode_jax.grading.metrics import autocode_analysis, result_rows
+  cfg = _cfg(rollout=RolloutSettings(grade_timeout_s=1.0))
   one = Query("q3", "What is one?", "1", None, "math500")
   pick = lambda text, index, params: TOWER if index % 2 == 0 else "It is \\boxed{1}."
-  ex = explore.Explorer(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg, fences, (EOS,))
-  explore.run_estep(ex, [one], 0, str(tmp_path))
+  explore.run_estep(_session(tok, parts, cfg, pick), cfg, [one], 0, str(tmp_path))
   stats = read_jsonl(str(tmp_path / "queries.jsonl"))
   # Rollouts 0 and 2 of each probe time out: 2 probes x 2.
   assert stats[0]["grader_failures"] == {"timeout": 4, "error": 0}
@@ -266,8 +269,10 @@ def test_grader_timeouts_are_counted_in_the_e_step_and_in_eval(tok, parts, tmp_p
   line = summary_line(0, 1, {"estep": dict(it, rollouts_per_s=1.0)})
   assert "grader 4 timeouts 0 errors" in line
 
-  ex = explore.Explorer(ScriptedPolicy(tok, pick), sandbox, tok, grader, cfg, fences, (EOS,))
-  rows = run_modes(ex, [one], ["cot", "auto"])
+  rows = result_rows(_session(tok, parts, cfg, pick).roll_out_modes([one], ["cot", "auto"],
+                                                                   max_tokens=200), "eval")
+  assert [(r["mode"], r["sample"], r["tag"]) for r in rows] == [("cot", 0, "eval"),
+                                                                 ("auto", 0, "eval")]
   assert [r["grader_failure"] for r in rows] == ["timeout", "timeout"]
   assert [r["correct"] for r in rows] == [0, 0]
   analysis = autocode_analysis(rows)

@@ -330,7 +330,7 @@ def test_every_flagfile_parses(path, monkeypatch):
   assert cfg.algorithm in ("em", "rl", "sft")
   assert (cfg.loss.ce_coef == 0) == (cfg.algorithm == "rl")  # rl: no decision term, by default
   if path.name.startswith("qwen25_7b"):
-    assert cfg.engine == "vllm" and cfg.mesh_fsdp == 8 and cfg.num_queries == 7000
+    assert cfg.rollout.engine == "vllm" and cfg.mesh_fsdp == 8 and cfg.num_queries == 7000
     assert cfg.epochs == 3
     # The 7B weights are not in the repository: the path check names the flag.
     monkeypatch.chdir(REPO)  # flagfile paths are relative to the repository root

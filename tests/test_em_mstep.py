@@ -66,6 +66,9 @@ def test_resume_conflicts_name_the_field():
   b = dataclasses.replace(a, k=4, progress=False)
   assert resume_conflicts(a, b) == ["k: 8 -> 4"]
   assert resume_conflicts(a, config_from_json(a.to_json())) == []
+  # A nested config's field is named by its flag.
+  c = dataclasses.replace(a, rollout=dataclasses.replace(a.rollout, sandbox_workers=1))
+  assert resume_conflicts(a, c) == ["sandbox_workers: 2 -> 1"]
   with pytest.raises(ConfigError, match="alpha"):
     dataclasses.replace(a, alpha=-1.0)
   with pytest.raises(ConfigError, match="branching"):

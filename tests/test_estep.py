@@ -5,8 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from autocode_jax.em.estep import (code_prior, query_stats, reference_strategy, subsample,
-                                   values)
+from autocode_jax.em.estep import (advantages, code_prior, curate, reference_strategy,
+                                   subsample, values)
 
 
 def test_prior_is_laplace_smoothed():
@@ -30,15 +30,21 @@ def test_reference_strategy_eq5():
   assert sum(reference_strategy(0.9, (1.0, 1.0), 100.0)) == pytest.approx(1.0)
 
 
-def test_query_stats_by_hand():
+def test_curate_by_hand():
+  """A query's steps 2-5: the prior from its vanilla rollouts only, the values and s* from all,
+  the M picks as subsample draws them from the same generator, their advantages."""
   vanilla = [(0, 1.0), (0, 0.0), (1, 1.0), (0, 1.0)]
   code = [(1, 1.0), (1, 0.0), (0, 0.0), (1, 1.0)]
-  st = query_stats(vanilla, code, alpha=2.0)
-  assert st.pi1 == pytest.approx(2 / 6) and st.n_code_vanilla == 1 and st.k == 4
-  assert st.q == pytest.approx((2 / 4, 3 / 4))
+  labels, rewards = [l for l, _ in vanilla + code], [r for _, r in vanilla + code]
+  cur = curate([l for l, _ in vanilla], labels, rewards, 2.0, 6, np.random.default_rng(5))
+  assert cur.pi1 == pytest.approx(2 / 6)
+  assert cur.q == pytest.approx((2 / 4, 3 / 4))
   l0, l1 = 2.0 * (4 / 6) * 0.5, 2.0 * (2 / 6) * 0.75
-  assert st.s_star == pytest.approx((math.exp(l0) / (math.exp(l0) + math.exp(l1)),
-                                     math.exp(l1) / (math.exp(l0) + math.exp(l1))))
+  assert cur.s_star == pytest.approx((math.exp(l0) / (math.exp(l0) + math.exp(l1)),
+                                      math.exp(l1) / (math.exp(l0) + math.exp(l1))))
+  assert list(cur.picks) == subsample(labels, cur.s_star, 6, np.random.default_rng(5))
+  np.testing.assert_allclose(cur.advantages, advantages([rewards[i] for i in cur.picks]))
+  assert len(cur.picks) == len(cur.advantages) == 6
 
 
 def test_subsample_proportions_and_fallback():

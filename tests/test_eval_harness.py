@@ -11,6 +11,7 @@ import pytest
 
 from autocode_jax.eval import harness, report
 from autocode_jax.models import init_model, preset, save_pretrained
+from autocode_jax.rollout.session import RolloutSettings
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -29,7 +30,8 @@ def model_dir(tmp_path_factory, shared_dir):
 def test_evaluate_writes_rows_results_table_and_plots(model_dir, shared_dir, tmp_path):
   cfg = harness.EvalConfig(model_dir=str(model_dir), out_dir=str(tmp_path / "out"),
                            benchmarks=("math500", "aime24"), data_dir=str(shared_dir / "data"),
-                           limit=2, samples=2, max_tokens=12, sandbox_workers=1)
+                           limit=2, samples=2, max_tokens=12,
+                           rollout=RolloutSettings(sandbox_workers=1))
   results = harness.evaluate(cfg, log=lambda *_: None)
   out = tmp_path / "out"
   rows = {b: [json.loads(x) for x in (out / "rows" / f"{b}.jsonl").read_text().splitlines()]

@@ -12,6 +12,7 @@ from autocode_jax.em import config as config_lib
 from autocode_jax.em import flags as em_flags
 from autocode_jax.em.config import RunConfig
 from autocode_jax.eval.harness import EvalConfig
+from autocode_jax.rollout.session import RolloutSettings
 from autocode_jax.synthetic.demo import DemoConfig
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
@@ -32,7 +33,8 @@ EVAL = {"model_dir": "m", "out_dir": "o"}
 
 
 @pytest.mark.parametrize("cls, given", [(RunConfig, RUN), (EvalConfig, EVAL), (DemoConfig, {}),
-                                        (OptimizerConfig, {}), (LossConfig, {})],
+                                        (OptimizerConfig, {}), (LossConfig, {}),
+                                        (RolloutSettings, {})],
                          ids=lambda x: getattr(x, "__name__", ""))
 def test_a_flag_per_field_of_the_same_name_and_default(cls, given):
   fv = flags.FlagValues()
@@ -67,6 +69,33 @@ def test_flags_reach_nested_fields_and_bad_values_name_the_flag():
     em_flags.run_config(fv2, check_paths=False)
 
 
+def test_training_and_evaluation_share_one_rollout_settings_record():
+  """The sandbox, grader and vLLM flags are RolloutSettings' fields, defined once and held by
+  both configs; a nested config's flags default to its holder's instance (evaluation gives
+  vLLM 80% of a GPU, training 50%), and a bad value names the flag."""
+  run_fields = {f.name for f in dataclasses.fields(RunConfig)}
+  eval_fields = {f.name for f in dataclasses.fields(EvalConfig)}
+  for f in dataclasses.fields(RolloutSettings):
+    assert f.name not in run_fields and f.name not in eval_fields
+  defaults = {}
+  for cls, given in ((RunConfig, RUN), (EvalConfig, EVAL)):
+    fv = flags.FlagValues()
+    flagging.define_flags(cls, fv)
+    defaults[cls] = fv["vllm_gpu_memory_utilization"].default
+    fv(["prog"] + [f"--{k}={v}" for k, v in given.items()] + ["--sandbox_workers=3",
+                                                              "--engine=vllm"])
+    cfg = flagging.from_flags(cls, fv)
+    assert cfg.rollout.sandbox_workers == 3 and cfg.rollout.engine == "vllm"
+    assert cfg.rollout.vllm_gpu_memory_utilization == defaults[cls]
+    fv["grade_timeout_s"].parse("0")
+    with pytest.raises(flagging.ConfigError, match="^grade_timeout_s: must be positive"):
+      flagging.from_flags(cls, fv)
+  assert defaults == {RunConfig: 0.5, EvalConfig: 0.8}
+  # A RunConfig check on a nested flag names that flag and its value.
+  with pytest.raises(flagging.ConfigError, match=r"^vllm_gpu_memory_utilization: .*\(got 0.95\)"):
+    RunConfig(**RUN, rollout=RolloutSettings(engine="vllm", vllm_gpu_memory_utilization=0.95))
+
+
 def test_the_algorithm_decides_the_loss_in_one_place():
   base = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
                    loss=LossConfig(ce_coef=0.7))
@@ -99,6 +128,13 @@ def test_a_config_json_of_the_former_field_names_resumes(tmp_path):
   old["optimizer"]["nesterov"] = True
   with pytest.raises(flagging.ConfigError, match="^optimizer.nesterov: not a field"):
     config_lib.config_from_json(old)
+  # Before the rollout settings were one record, their fields were the run's own.
+  cfg = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
+                  rollout=RolloutSettings(sandbox_workers=1, engine="vllm", vllm_kv_cache_mb=64))
+  flat = cfg.to_json()
+  flat.update(flat.pop("rollout"))
+  assert flat["sandbox_workers"] == 1 and "rollout" not in flat
+  assert config_lib.config_from_json(flat) == cfg
   new = cfg.to_json()
   new["rollout_budget"] = 3
   with pytest.raises(flagging.ConfigError, match="^rollout_budget: not a field"):

@@ -64,9 +64,9 @@ def test_seq_mean_and_all_masked_rows():
 
 
 def test_group_advantages():
-  """explore.advantages, the one the E-step writes into D_train: per group (query), population
+  """estep.advantages, the one the E-step writes into D_train: per group (query), population
   standard deviation, 0 for a group whose rewards are all equal."""
-  from autocode_jax.em.explore import advantages
+  from autocode_jax.em.estep import advantages
   g0 = np.array([1, 0, 0, 1.0])
   np.testing.assert_allclose(advantages(g0), [1 / (1 + 2e-6), -1 / (1 + 2e-6),
                                               -1 / (1 + 2e-6), 1 / (1 + 2e-6)], rtol=1e-9)

@@ -17,6 +17,7 @@ from autocode_jax.em.config import ConfigError, RunConfig
 from autocode_jax.models import load_tokenizer
 from autocode_jax.models.config import load_hf_config
 from autocode_jax.models.transformer import count_params
+from autocode_jax.rollout.session import RolloutSettings
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -111,8 +112,10 @@ def test_plan_figures_are_per_device(shared_dir):
     plan.memory_plan(cfg, tok, 1.0, jax.devices()[:4])
 
 
-def _cfg(**kw):
-  return RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t", **kw)
+def _cfg(jax_memory_fraction=0.0, **rollout):
+  """A RunConfig with these rollout settings."""
+  return RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
+                   jax_memory_fraction=jax_memory_fraction, rollout=RolloutSettings(**rollout))
 
 
 def test_memory_env_beside_vllm():
@@ -138,7 +141,7 @@ def test_vllm_on_every_gpu():
   with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES"):
     plan.check_engine_devices(cfg, "gpu", 8, distributed=True)
   plan.check_engine_devices(cfg, "gpu", 1, distributed=True)  # one process per GPU
-  plan.check_engine_devices(dataclasses.replace(cfg, vllm_tensor_parallel=4), "gpu", 4, False)
+  plan.check_engine_devices(_cfg(engine="vllm", vllm_tensor_parallel=4), "gpu", 4, False)
   plan.check_engine_devices(cfg, "cpu", 8, distributed=False)  # vLLM's CPU build
   plan.check_engine_devices(_cfg(), "gpu", 8, distributed=False)  # the built-in sampler
 

@@ -73,11 +73,9 @@ def test_tokenizer_is_built_locally_and_round_trips(problems, tmp_path):
 
 def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   from autocode_jax.data.prompts import CODE_PREFIX, MODE_INSTRUCTIONS
-  from autocode_jax.em import explore
-  from autocode_jax.em.config import RunConfig
+  from autocode_jax.data.sft import sft_records
   from autocode_jax.models import load_tokenizer
   from autocode_jax.synthetic.corpus import warm_start_examples
-  from autocode_jax.training.step import LossConfig
   ex = warm_start_examples(problems, seed=1, code_share=0.5)
   assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1, code_share=0.5)
   auto = [e for e in ex if e.mode == "auto"]
@@ -99,14 +97,12 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   assert all(("```python" in e.response) == (e.mode == "code") for e in others)
   # As SFT records: the prefix is trained on, output blocks are tool tokens.
   tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
-  cfg = RunConfig(run_dir="x", model_preset="tiny-qwen2", tokenizer_dir="x", algorithm="sft",
-                  template="plain", loss=LossConfig(kind="sft"))
   with_prefix = next(e for e in coded if e.prefix)
-  (r,) = explore.sft_records(tok, cfg, [with_prefix], 0, 151643)
+  (r,) = sft_records(tok, "plain", [with_prefix], 0, 151643)
   n = len(tok.encode(with_prefix.prefix))
   assert r.roles[:n] == "m" * n and "t" in r.roles and r.text.startswith(CODE_PREFIX)
   assert list(r.token_ids[:n]) == tok.encode(CODE_PREFIX)  # the probe's tokens, then a newline
   assert r.text.startswith(CODE_PREFIX + "\nLet me compute it.")
-  code_prompt = explore.sft_records(tok, cfg, [next(e for e in others if e.mode == "code")], 0,
-                                    151643)[0]
+  code_prompt = sft_records(tok, "plain", [next(e for e in others if e.mode == "code")], 0,
+                            151643)[0]
   assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt.prompt_ids)

@@ -11,16 +11,16 @@ import dataclasses
 import importlib.util
 import os
 
+from autocode_jax import flagging
 from autocode_jax.data.datasets import DATASETS
+from autocode_jax.data.prompts import MODES, TEMPLATES
 from autocode_jax.flagging import ConfigError, option, required, requirer
 from autocode_jax.models.config import PRESET_NAMES
+from autocode_jax.rollout.session import RolloutSettings
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
 
 ALGORITHMS = ("em", "rl", "sft")
-ENGINES = ("jax", "vllm")
-TEMPLATES = ("chat", "plain")
-EVAL_MODES = ("cot", "code", "auto")
 # Fields that may change between a run and its resumption; every other field must match.
 RESUMABLE_CHANGES = ("progress", "tensorboard", "log_every")
 # Flags an algorithm never reads (its own fields, and those of its loss): setting
@@ -56,19 +56,15 @@ class RunConfig:
     level; 0: all), queries_per_iteration, epochs over the queries, eval_set ("" = none),
     eval_size (0: all), eval_every iterations, eval_modes, eval_max_tokens.
   E-step: k rollouts per probe, m trajectories per query into D_train (0: k), alpha of Eq. 5,
-    temperature, top_p, max_tokens per response, max_tool_calls, rollout_chunk (queries rolled
-    out, graded and written at a time: a crash loses at most one chunk), drop_uniform_groups,
-    branching with k_branch continuations each way for branch_per_query code trajectories
-    (from the second iteration on).
-  Tools and grading: sandbox_workers, sandbox_timeout_s, sandbox_memory_mb, max_output_chars,
-    grade_timeout_s.
-  Engine: engine (jax | vllm), vllm_tensor_parallel, vllm_gpu_memory_utilization,
-    vllm_max_model_len, vllm_sleep (free vLLM's memory during the M-step), vllm_enforce_eager
-    (no CUDA graphs / compilation: faster start, slower decoding), vllm_kv_cache_mb (an explicit
-    KV-cache size; 0: vLLM sizes it from vllm_gpu_memory_utilization, which on its CPU build is
-    a share of host memory minus what the process already holds), jax_memory_fraction (the
-    share of each GPU's memory JAX may allocate; 0: with vLLM, 1 - vllm_gpu_memory_utilization
-    - em.plan.RESERVE, preallocation off; without, JAX's default; see em.plan).
+    temperature, top_p, max_tokens per response, rollout_chunk (queries rolled out, graded and
+    written at a time: a crash loses at most one chunk), drop_uniform_groups, branching with
+    k_branch continuations each way for branch_per_query code trajectories (from the second
+    iteration on).
+  Rollouts (rollout.session.RolloutSettings, shared with evaluation): the engine (jax | vllm)
+    and its vllm_* settings, max_tool_calls, the sandbox and grade_timeout_s. vllm_sleep (free
+    vLLM's memory during the M-step), jax_memory_fraction (the share of each GPU's memory JAX
+    may allocate; 0: with vLLM, 1 - vllm_gpu_memory_utilization - em.plan.RESERVE,
+    preallocation off; without, JAX's default; see em.plan).
   M-step: train_batch_size trajectories per update, micro_batch_size (gradient accumulation;
     0: none), m_step_epochs, length_multiple (padding bucket), logprob_batch_size (rows per
     behaviour log-prob pass), optimizer, loss.
@@ -115,26 +111,14 @@ class RunConfig:
   temperature: float = option(1.0, "sampling temperature")
   top_p: float = option(0.9, "nucleus mass")
   max_tokens: int = option(1024, "response tokens at most (prefix and tool included)")
-  max_tool_calls: int = option(4, "code executions per trajectory at most")
   rollout_chunk: int = option(64, "queries rolled out, graded and written to disk at a time")
   drop_uniform_groups: bool = option(False, "drop queries whose D_train rewards are all equal")
   branching: bool = option(False, "mid-reasoning branching at the first code block (from iteration "
                                   "2 on)")
   k_branch: int = option(4, "continuations per branch and per decision")
   branch_per_query: int = option(1, "code trajectories branched per query")
-  sandbox_workers: int = option(2, "sandbox server processes")
-  sandbox_timeout_s: float = option(5.0, "seconds per execution")
-  sandbox_memory_mb: int = option(1024, "address-space limit per execution")
-  max_output_chars: int = option(512, "interpreter output shown to the model at most")
-  grade_timeout_s: float = option(5.0, "seconds per answer comparison")
-  engine: str = option("jax", "rollout engine: jax (built-in sampler) or vllm", choices=ENGINES)
-  vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
-  vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
-  vllm_max_model_len: int = option(4096, "vLLM max_model_len")
+  rollout: RolloutSettings = RolloutSettings()
   vllm_sleep: bool = option(False, "put vLLM to sleep during M-steps")
-  vllm_enforce_eager: bool = option(False, "vLLM enforce_eager (no graph capture or compilation)")
-  vllm_kv_cache_mb: int = option(0, "vLLM KV-cache size in MiB (0: from "
-                                    "vllm_gpu_memory_utilization)")
   jax_memory_fraction: float = option(0.0, "share of each GPU's memory JAX may allocate (0: auto; "
                                            "with vLLM 1 - vllm_gpu_memory_utilization - 0.05, "
                                            "preallocation off)")
@@ -172,39 +156,31 @@ class RunConfig:
     sets = tuple(DATASETS) + ("synthetic",)
     need(self.train_set in sets, "train_set", f"expected one of {sets}")
     need(self.eval_set in sets + ("",), "eval_set", f"expected '' or one of {sets}")
-    for f in ("num_queries", "eval_size", "eval_max_tokens", "m", "micro_batch_size",
-              "vllm_kv_cache_mb"):
+    for f in ("num_queries", "eval_size", "eval_max_tokens", "m", "micro_batch_size"):
       need(getattr(self, f) >= 0, f, "must be >= 0")
     for f in ("queries_per_iteration", "epochs", "eval_every", "k", "max_tokens", "rollout_chunk",
-              "k_branch", "branch_per_query", "sandbox_workers", "sandbox_memory_mb",
-              "max_output_chars", "vllm_tensor_parallel", "vllm_max_model_len",
-              "train_batch_size", "m_step_epochs", "length_multiple", "logprob_batch_size",
-              "save_every", "keep_checkpoints", "log_every", "logprob_chunk"):
+              "k_branch", "branch_per_query", "train_batch_size", "m_step_epochs",
+              "length_multiple", "logprob_batch_size", "save_every", "keep_checkpoints", "log_every", "logprob_chunk"):
       need(getattr(self, f) > 0, f, "must be positive")
-    need(self.max_tool_calls >= 0, "max_tool_calls", "must be >= 0")
     for f in ("mesh_data", "mesh_fsdp", "mesh_tensor"):
       need(getattr(self, f) > 0 or getattr(self, f) == -1, f, "must be positive or -1")
     need(self.alpha >= 0, "alpha", "must be >= 0")
     need(0 <= self.synthetic_code_share <= 1, "synthetic_code_share", "must be in [0, 1]")
     need(self.temperature >= 0, "temperature", "must be >= 0")
     need(0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
-    for f in ("sandbox_timeout_s", "grade_timeout_s"):
-      need(getattr(self, f) > 0, f, "must be positive")
-    need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
-         "must be in (0, 1]")
     need(0 <= self.jax_memory_fraction < 1, "jax_memory_fraction", "must be in [0, 1)")
-    if self.engine == "vllm":  # both on each GPU, beside CUDA contexts (5%: em.plan.RESERVE)
+    vllm_share = self.rollout.vllm_gpu_memory_utilization
+    if self.rollout.engine == "vllm":  # both on each GPU beside CUDA contexts (em.plan.RESERVE)
       if self.jax_memory_fraction:
-        need(self.jax_memory_fraction + self.vllm_gpu_memory_utilization <= 0.95,
-             "jax_memory_fraction", f"with vllm_gpu_memory_utilization="
-             f"{self.vllm_gpu_memory_utilization} it leaves less than 5% of a GPU for the rest")
+        need(self.jax_memory_fraction + vllm_share <= 0.95, "jax_memory_fraction",
+             f"with vllm_gpu_memory_utilization={vllm_share} it leaves less than 5% of a GPU "
+             "for the rest")
       else:
-        need(self.vllm_gpu_memory_utilization <= 0.9, "vllm_gpu_memory_utilization",
+        need(vllm_share <= 0.9, "vllm_gpu_memory_utilization",
              "leaves JAX less than 5% of a GPU (its share is 1 - this - 0.05)")
-    need(bool(self.eval_modes) and all(m in EVAL_MODES for m in self.eval_modes), "eval_modes",
-         f"expected a non-empty list from {EVAL_MODES}")
-    need(self.engine in ENGINES, "engine", f"expected one of {ENGINES}")
-    need(self.engine != "vllm" or self.export_hf, "export_hf",
+    need(bool(self.eval_modes) and all(m in MODES for m in self.eval_modes), "eval_modes",
+         f"expected a non-empty list from {MODES}")
+    need(self.rollout.engine != "vllm" or self.export_hf, "export_hf",
          "engine=vllm reads the policy from its HuggingFace export: export_hf must be on")
     need(not self.micro_batch_size or self.train_batch_size % self.micro_batch_size == 0,
          "micro_batch_size", f"must divide train_batch_size={self.train_batch_size}")
@@ -246,7 +222,7 @@ def validate_paths(cfg: RunConfig, plan_only: bool = False) -> None:
         raise ConfigError(field, f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")
   if plan_only:
     return
-  if cfg.engine == "vllm" and importlib.util.find_spec("vllm") is None:
+  if cfg.rollout.engine == "vllm" and importlib.util.find_spec("vllm") is None:
     raise ConfigError("engine", "engine=vllm but vLLM is not installed (pip install -e .[vllm])")
   if os.path.exists(cfg.run_dir) and not os.path.isdir(cfg.run_dir):
     raise ConfigError("run_dir", f"{cfg.run_dir!r} exists and is not a directory")
@@ -263,15 +239,19 @@ def validate_paths(cfg: RunConfig, plan_only: bool = False) -> None:
 RENAMED = {"optimizer": {"name": "optimizer", "schedule": "lr_schedule", "b1": "adam_b1",
                          "b2": "adam_b2", "eps": "adam_eps"},
            "loss": {"aggregation": "loss_aggregation"}}
+# Parts whose fields a config.json of an older version holds at the top level.
+NESTED = {"optimizer": OptimizerConfig, "loss": LossConfig, "rollout": RolloutSettings}
 
 
 def config_from_json(d: dict) -> RunConfig:
   """The RunConfig of a run directory's config.json (to_json's), of this version or an older
-  one (RENAMED); an unknown field is a ConfigError naming it."""
+  one (RENAMED; the rollout settings at the top level); an unknown field is a ConfigError
+  naming it."""
   d = dict(d)
-  parts = {"optimizer": OptimizerConfig, "loss": LossConfig}
-  for part, cls in parts.items():
-    fields = {RENAMED[part].get(k, k): v for k, v in d[part].items()}
+  for part, cls in NESTED.items():
+    if part not in d:  # written before the part was nested: its fields are at the top level
+      d[part] = {f.name: d.pop(f.name) for f in dataclasses.fields(cls) if f.name in d}
+    fields = {RENAMED.get(part, {}).get(k, k): v for k, v in d[part].items()}
     unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ConfigError(f"{part}.{sorted(unknown)[0]}", "not a field of this version")
@@ -284,7 +264,7 @@ def config_from_json(d: dict) -> RunConfig:
 
 
 def resume_conflicts(saved: RunConfig, now: RunConfig) -> list[str]:
-  """The fields that differ between a run directory's config and the new one (other than
-  RESUMABLE_CHANGES), as "field: saved -> now"."""
-  a, b = saved.to_json(), now.to_json()
+  """The fields (flags, nested configs' included) that differ between a run directory's config
+  and the new one (other than RESUMABLE_CHANGES), as "field: saved -> now"."""
+  a, b = flagging.flat(saved), flagging.flat(now)
   return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if k not in RESUMABLE_CHANGES and a[k] != b[k]]

@@ -1,5 +1,6 @@
-"""E-step statistics for one query (METHOD.md, E-step, steps 2-5): the prior pi(c|x), the values
-Q(x, c), the reference strategy s*(c|x) (Eq. 5), and the subsample that forms D_train.
+"""E-step statistics at one decision point, a query or a branch point (METHOD.md, E-step, steps
+2-5): the prior pi(c|x), the values Q(x, c), the reference strategy s*(c|x) (Eq. 5), the
+subsample that forms D_train, and its group advantages.
 
 Pure functions of the rollouts' labels and rewards; c = 1 means the trajectory executed code.
 """
@@ -13,14 +14,15 @@ import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
-class QueryStats:
-  """pi1: pi(c=1|x), smoothed; q: (Q(x,0), Q(x,1)); s_star: (s*(0|x), s*(1|x));
-  n_code_vanilla / k: code-labelled vanilla rollouts out of K."""
+class Curation:
+  """Steps 2-5 at one decision point (a query, or a branch point): pi1 = pi(c=1), smoothed;
+  q = (Q(c=0), Q(c=1)); s_star = (s*(c=0), s*(c=1)); picks: the M subsampled rollouts (indices,
+  in draw order); advantages: the picks' group advantages, in the same order."""
   pi1: float
   q: tuple[float, float]
   s_star: tuple[float, float]
-  n_code_vanilla: int
-  k: int
+  picks: tuple[int, ...]
+  advantages: tuple[float, ...]
 
 
 def code_prior(vanilla_labels: Sequence[int]) -> float:
@@ -58,11 +60,21 @@ def subsample(labels: Sequence[int], s_star: tuple[float, float], m: int,
   return out
 
 
-def query_stats(vanilla: Sequence[tuple[int, float]], code_prefix: Sequence[tuple[int, float]],
-                alpha: float = 4.0) -> QueryStats:
-  """The statistics of one query from its (label, reward) pairs per probe."""
-  pi1 = code_prior([l for l, _ in vanilla])
-  both = list(vanilla) + list(code_prefix)
-  q = values([l for l, _ in both], [r for _, r in both])
-  return QueryStats(pi1, q, reference_strategy(pi1, q, alpha),
-                    int(sum(l for l, _ in vanilla)), len(vanilla))
+def advantages(rewards: Sequence[float], eps: float = 1e-6) -> np.ndarray:
+  """A = (r - mean r) / (std r + eps) over one group (population std); 0 for equal rewards."""
+  r = np.asarray(rewards, np.float64)
+  return (r - r.mean()) / (r.std() + eps)
+
+
+def curate(prior_labels: Sequence[int], labels: Sequence[int], rewards: Sequence[float],
+           alpha: float, m: int, rng: np.random.Generator) -> Curation:
+  """Steps 2-5 at one decision point: the prior from the labels of the rollouts left free to
+  choose (`prior_labels`: a query's vanilla rollouts, a branch point's code-allowed
+  continuations); the values and s* from all its rollouts (`labels`, `rewards`); M = m of those
+  subsampled (the only draws from rng); the picks' advantages."""
+  pi1 = code_prior(prior_labels)
+  q = values(labels, rewards)
+  s_star = reference_strategy(pi1, q, alpha)
+  picks = subsample(labels, s_star, m, rng)
+  adv = advantages([rewards[i] for i in picks])
+  return Curation(pi1, q, s_star, tuple(picks), tuple(float(a) for a in adv))

@@ -1,6 +1,7 @@
-"""The E-step driver (METHOD.md, E-step): probe rollouts through the tool loop, grading, the
-statistics of estep.py, the subsample into D_train, optional mid-reasoning branching; and the
-`rl` and `sft` baselines' data, built from the same pieces.
+"""The E-step driver (METHOD.md, E-step): the probes' rollouts and their grading through a
+rollout session (rollout.session), steps 2-5 per query and per branch point (estep.curate),
+D_train records, optional mid-reasoning branching; and the `rl` baseline's data, from the same
+pieces.
 
 D_train is written chunk by chunk: a chunk's trajectory records are appended to `dtrain.jsonl`,
 then its per-query statistics to `queries.jsonl`. A query counts as done once its statistics
@@ -14,115 +15,20 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
-import re
 import time
 from typing import Callable, Sequence
 
 import numpy as np
 
-from autocode_jax.data.datasets import DATASETS
 from autocode_jax.data.dtrain import (ROLE_CODES, TrainRecord, append_records, read_records,
                                      write_records)
-from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
-from autocode_jax.data.records import Query, SftExample
+from autocode_jax.data.records import Query
 from autocode_jax.em import estep
 from autocode_jax.files import JsonlStore, read_jsonl
 from autocode_jax.grading.grader import failure_counts
-from autocode_jax.rollout.engine import SamplingParams, derive_seed
-from autocode_jax.rollout.tool_loop import Request, Trajectory, run_tool_loop
-
-_OUTPUT_BLOCK = re.compile(r"```output\n.*?```\n?", re.DOTALL)
-
-
-@dataclasses.dataclass
-class Explorer:
-  """What an E-step needs: the engine, the sandbox, the tokenizer, a grader pool, the settings
-  (an em.config.RunConfig) and the fence tokens (see rollout.tool_loop)."""
-  engine: object
-  sandbox: object
-  tokenizer: object
-  grader: object
-  cfg: object
-  fences: tuple[int, ...]
-  stop_ids: tuple[int, ...]
-
-  def sampling(self, **changes) -> SamplingParams:
-    base = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                          max_tokens=self.cfg.max_tokens, n=self.cfg.k,
-                          stop_token_ids=self.stop_ids)
-    return dataclasses.replace(base, **changes)
-
-  def request(self, q: Query, probe: str, iteration: int, mode: str = "auto") -> Request:
-    prompt = build_prompt(q.problem, mode, probe, self.cfg.template, self.tokenizer)
-    prefix = self.probe_prefix_ids() if prompt.prefix else ()
-    return Request(q.id, tuple(self.tokenizer.encode(prompt.text)), prefix, probe,
-                   seed=derive_seed(self.cfg.seed, iteration, q.id, probe, mode))
-
-  def probe_prefix_ids(self) -> tuple[int, ...]:
-    """The code_prefix probe's token ids: what its rollouts start with, and the decision P of
-    the decision term (tokenised on its own, after the prompt)."""
-    return tuple(self.tokenizer.encode(CODE_PREFIX))
-
-  def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
-    """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules, and
-    its grade_failure when the grader timed out or failed (the reward is then 0)."""
-    by_source = collections.defaultdict(list)
-    for t in trajs:
-      by_source[grading_dataset(queries[t.query_id].source)].append(t)
-    from autocode_jax.grading.grader import grade_results
-    for dataset, ts in by_source.items():
-      grades = grade_results([t.text for t in ts], [queries[t.query_id].gold for t in ts],
-                             dataset, timeout_s=self.cfg.grade_timeout_s, pool=self.grader)
-      for t, g in zip(ts, grades):
-        t.reward, t.grade_failure = float(g.correct), g.failure_kind
-
-
-def stop_ids(tokenizer, model_config, template: str) -> tuple[int, ...]:
-  """Tokens that end a response: the model's and the tokenizer's EOS, and <|im_end|> under the
-  chat template."""
-  ids = set(model_config.eos_token_ids)
-  if tokenizer.eos_token_id is not None:
-    ids.add(tokenizer.eos_token_id)
-  if template == "chat":
-    end = tokenizer.encode("<|im_end|>")
-    if len(end) == 1:
-      ids.add(end[0])
-  return tuple(sorted(ids))
-
-
-def end_id(tokenizer, template: str, stops: tuple[int, ...]) -> int:
-  """The token that ends a written (SFT) response: <|im_end|> under chat, else the first stop."""
-  if template == "chat":
-    end = tokenizer.encode("<|im_end|>")
-    if len(end) == 1:
-      return end[0]
-  return stops[0]
-
-
-def make_tools(cfg):
-  """The sandbox and the grader pool of a config with sandbox_workers, sandbox_timeout_s,
-  sandbox_memory_mb, max_output_chars and grade_timeout_s (a RunConfig or an EvalConfig)."""
-  from autocode_jax.grading.pool import GraderPool
-  from autocode_jax.interpreter.sandbox import Sandbox
-  sandbox = Sandbox(num_workers=cfg.sandbox_workers, timeout_s=cfg.sandbox_timeout_s,
-                    memory_mb=cfg.sandbox_memory_mb, max_output_chars=cfg.max_output_chars)
-  return sandbox, GraderPool(timeout_s=cfg.grade_timeout_s)
-
-
-def make_vllm(cfg, model_dir: str):
-  """A VllmEngine on a HF directory, from a config's dtype, seed and vllm_* fields."""
-  from autocode_jax.rollout.vllm_engine import VllmEngine
-  extra = {"kv_cache_memory_bytes": cfg.vllm_kv_cache_mb << 20} if cfg.vllm_kv_cache_mb else {}
-  return VllmEngine(model_dir, dtype=cfg.dtype, seed=cfg.seed,
-                    tensor_parallel_size=cfg.vllm_tensor_parallel,
-                    gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-                    max_model_len=cfg.vllm_max_model_len, enable_sleep_mode=cfg.vllm_sleep,
-                    enforce_eager=cfg.vllm_enforce_eager, **extra)
-
-
-def grading_dataset(source: str) -> str:
-  """The extraction rules a query's answers are graded under (gsm8k_train grades as gsm8k)."""
-  return DATASETS[source].gold_as or source if source in DATASETS else source
+from autocode_jax.rollout.engine import derive_seed
+from autocode_jax.rollout.session import RolloutSession
+from autocode_jax.rollout.tool_loop import Request, Trajectory
 
 
 def to_record(t: Trajectory, iteration: int, **extra) -> TrainRecord:
@@ -134,12 +40,6 @@ def to_record(t: Trajectory, iteration: int, **extra) -> TrainRecord:
                      token_ids=t.token_ids, roles="".join(ROLE_CODES[r] for r in t.roles),
                      logprobs=[round(x, 6) for x in t.logprobs], tool_statuses=t.tool_statuses,
                      stop_reason=t.stop_reason, text=t.text, **extra)
-
-
-def advantages(rewards: Sequence[float], eps: float = 1e-6) -> np.ndarray:
-  """A = (r - mean r) / (std r + eps) over one group (population std); 0 for equal rewards."""
-  r = np.asarray(rewards, np.float64)
-  return (r - r.mean()) / (r.std() + eps)
 
 
 _FENCE = "```python"
@@ -176,28 +76,26 @@ def _query_summary(q: Query, trajs: Sequence[Trajectory], probes: Sequence[str])
           "tokens": sum(sum(1 for r in t.roles if r == "model") for t in trajs)}
 
 
-def curate_em(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
-              rng: np.random.Generator) -> tuple[list[TrainRecord], dict]:
-  """Steps 2-5 for one query: the statistics and the M subsampled trajectories as records."""
-  vanilla = [(t.label, t.reward) for t in trajs if t.probe == "vanilla"]
-  coded = [(t.label, t.reward) for t in trajs if t.probe == "code_prefix"]
-  st = estep.query_stats(vanilla, coded, ex.cfg.alpha)
-  picks = estep.subsample([t.label for t in trajs], st.s_star, ex.cfg.m_effective, rng)
-  chosen = [trajs[i] for i in picks]
-  adv = advantages([t.reward for t in chosen])
-  common = {"pi1": st.pi1, "q": list(st.q), "s_star": list(st.s_star), "group": q.id}
-  prefix = list(ex.probe_prefix_ids())
-  records = [to_record(t, iteration, advantage=float(a), decision_ids=prefix, **common)
-             for t, a in zip(chosen, adv)]
+def curate_query(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory],
+                 iteration: int, rng: np.random.Generator) -> tuple[list[TrainRecord], dict]:
+  """Steps 2-5 for one query (estep.curate; the prior from its vanilla rollouts): its
+  statistics and the M subsampled trajectories as records."""
+  vanilla = [t.label for t in trajs if t.probe == "vanilla"]
+  cur = estep.curate(vanilla, [t.label for t in trajs], [t.reward for t in trajs], cfg.alpha,
+                     cfg.m_effective, rng)
+  common = {"pi1": cur.pi1, "q": list(cur.q), "s_star": list(cur.s_star), "group": q.id}
+  prefix = list(session.probe_prefix_ids())
+  records = [to_record(trajs[i], iteration, advantage=a, decision_ids=prefix, **common)
+             for i, a in zip(cur.picks, cur.advantages)]
   summary = dict(_query_summary(q, trajs, ("vanilla", "code_prefix")), **common,
-                 n_code_vanilla=st.n_code_vanilla, k=st.k)
+                 n_code_vanilla=int(sum(vanilla)), k=len(vanilla))
   return records, summary
 
 
-def curate_rl(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
+def curate_rl(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory], iteration: int,
               rng: np.random.Generator) -> tuple[list[TrainRecord], dict]:
   """On-policy RL (GRPO): D_train is every fresh `vanilla` rollout, grouped by query."""
-  adv = advantages([t.reward for t in trajs])
+  adv = estep.advantages([t.reward for t in trajs])
   records = [to_record(t, iteration, advantage=float(a), group=q.id) for t, a in zip(trajs, adv)]
   labels = [t.label for t in trajs]
   summary = dict(_query_summary(q, trajs, ("vanilla",)), group=q.id,
@@ -205,94 +103,60 @@ def curate_rl(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
   return records, summary
 
 
-def branch(ex: Explorer, q: Query, trajs: list[Trajectory], iteration: int,
+def branch(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory], iteration: int,
            rng: np.random.Generator,
            queries: dict[str, Query]) -> tuple[list[TrainRecord], list[dict]]:
   """Mid-reasoning branching (METHOD.md, E-step step 6) for up to `branch_per_query` code
   trajectories of q: from (x, y<t), t the token where the first code block starts, roll out
-  k_branch continuations with code allowed and k_branch with code fences banned; the prior at
-  the branch point is the smoothed code rate of the allowed ones, Q(x, y<t, c) the mean reward
-  per label, and s*, the subsample and the advantages follow as for a query. The context y<t
-  becomes part of the branch records' prompt: only the continuations are trained on, and the
-  branch's decision row is that context followed by the fence tokens that opened the original
-  block (METHOD.md, Decision term)."""
+  k_branch continuations with code allowed and k_branch with code fences banned; then steps 2-5
+  at the branch point as for a query (estep.curate), the prior from the allowed continuations.
+  The context y<t becomes part of the branch records' prompt: only the continuations are
+  trained on, and the branch's decision row is that context followed by the fence tokens that
+  opened the original block (METHOD.md, Decision term)."""
   coded = [t for t in trajs if t.label == 1]
   if not coded:
     return [], []
-  picks = rng.choice(len(coded), size=min(ex.cfg.branch_per_query, len(coded)), replace=False)
+  picks = rng.choice(len(coded), size=min(cfg.branch_per_query, len(coded)), replace=False)
   records, summaries = [], []
   for j in sorted(int(i) for i in picks):
     t = coded[j]
-    fence = first_code_fence(ex.tokenizer, t.token_ids)
+    fence = first_code_fence(session.tokenizer, t.token_ids)
     if fence is None or fence[0] == 0:
       continue
     at = fence[0]
     group = f"{q.id}#branch{j}"
     ctx = tuple(t.prompt_ids) + tuple(t.token_ids[:at])
-    seed = derive_seed(ex.cfg.seed, iteration, group)
-    budget = ex.cfg.max_tokens - at
+    seed = derive_seed(cfg.seed, iteration, group)
+    budget = cfg.max_tokens - at
     if budget <= 0:
       continue
-    sp = ex.sampling(n=ex.cfg.k_branch, max_tokens=budget)
-    allowed = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer,
-                            [Request(group, ctx, (), "branch_code", seed)], sp,
-                            max_tool_calls=ex.cfg.max_tool_calls, fence_ids=ex.fences)
-    banned = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer,
-                           [Request(group, ctx, (), "branch_plain", seed + 1)],
-                           dataclasses.replace(sp, banned_token_ids=ex.fences),
-                           max_tool_calls=0, fence_ids=ex.fences)
+    sp = sampling(session, cfg, n=cfg.k_branch, max_tokens=budget)
+    allowed = session.roll_out([Request(group, ctx, (), "branch_code", seed)], sp)
+    banned = session.roll_out([Request(group, ctx, (), "branch_plain", seed + 1)],
+                              dataclasses.replace(sp, banned_token_ids=session.fences),
+                              max_tool_calls=0)
     conts = allowed + banned
     for c in conts:
       c.query_id = q.id
-    ex.grade(conts, queries)
-    pi1 = estep.code_prior([c.label for c in allowed])
-    qv = estep.values([c.label for c in conts], [c.reward for c in conts])
-    s_star = estep.reference_strategy(pi1, qv, ex.cfg.alpha)
-    chosen = [conts[i] for i in estep.subsample([c.label for c in conts], s_star,
-                                                ex.cfg.k_branch, rng)]
-    adv = advantages([c.reward for c in chosen])
-    common = {"pi1": pi1, "q": list(qv), "s_star": list(s_star), "group": group,
+    session.grade(conts, queries)
+    cur = estep.curate([c.label for c in allowed], [c.label for c in conts],
+                       [c.reward for c in conts], cfg.alpha, cfg.k_branch, rng)
+    common = {"pi1": cur.pi1, "q": list(cur.q), "s_star": list(cur.s_star), "group": group,
               "branch_at": at}
     fence_ids = list(t.token_ids[fence[0]:fence[1]])
-    records += [to_record(c, iteration, advantage=float(a), decision_ids=fence_ids, **common)
-                for c, a in zip(chosen, adv)]
+    records += [to_record(conts[i], iteration, advantage=a, decision_ids=fence_ids, **common)
+                for i, a in zip(cur.picks, cur.advantages)]
     summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
                           labels=[c.label for c in conts],
                           grader_failures=failure_counts(c.grade_failure for c in conts)))
   return records, summaries
 
 
-def sft_records(tokenizer, cfg, examples: Sequence[SftExample], iteration: int,
-                end_id: int) -> list[TrainRecord]:
-  """The `sft` baseline's D_train: each example's response under its mode's prompt, ended by
-  `end_id`; an opening prefix is tokenised on its own, as the code_prefix probe's is, and a
-  newline separates it from the response. ```output blocks in a response are tool tokens
-  (tokenised on their own, out of the loss), the rest is model text."""
-  out = []
-  for ex in examples:
-    q = ex.query
-    if not ex.response:
-      raise ValueError(f"sft: query {q.id} of {q.source} has no solution to train on")
-    prompt = build_prompt(q.problem, ex.mode, "vanilla", cfg.template, tokenizer)
-    ids = tokenizer.encode(ex.prefix) if ex.prefix else []  # as the probe tokenises it
-    roles, pos = ["m"] * len(ids), 0
-    text = ("\n" if ex.prefix else "") + ex.response.strip()
-    for m in _OUTPUT_BLOCK.finditer(text):
-      for piece, role in ((text[pos:m.start()], "m"), (m.group(0), "t")):
-        toks = tokenizer.encode(piece) if piece else []
-        ids += toks
-        roles += [role] * len(toks)
-      pos = m.end()
-    toks = tokenizer.encode(text[pos:]) + [end_id]
-    ids += toks
-    roles += ["m"] * len(toks)
-    out.append(TrainRecord(query_id=q.id, probe="sft", mode=ex.mode, iteration=iteration,
-                           label=int("t" in roles), reward=1.0,
-                           prompt_ids=tokenizer.encode(prompt.text), token_ids=ids,
-                           roles="".join(roles), logprobs=[0.0] * len(ids), advantage=0.0,
-                           group=q.id, tool_statuses=(), stop_reason="eos",
-                           text=ex.prefix + text))
-  return out
+def sampling(session: RolloutSession, cfg, **changes):
+  """The E-step's sampling parameters: K rollouts at the run's temperature, top-p and budget."""
+  base = session.params(n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_tokens=cfg.max_tokens)
+  return dataclasses.replace(base, **changes)
 
 
 def done_queries(out_dir: str, shard: str) -> set[str]:
@@ -310,10 +174,12 @@ def _drop_unfinished(out_dir: str, shard: str, finished: set[str]) -> None:
     store.cut_torn_tail()
 
 
-def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: str,
-              shard: str = "", on_chunk: Callable[[int, int], None] | None = None) -> None:
-  """Rolls out, grades and curates `queries` (this host's share) into out_dir/dtrain{shard}.jsonl
-  and out_dir/queries{shard}.jsonl, resuming after the last finished chunk. on_chunk(queries,
+def run_estep(session: RolloutSession, cfg, queries: Sequence[Query], iteration: int,
+              out_dir: str, shard: str = "",
+              on_chunk: Callable[[int, int], None] | None = None) -> None:
+  """Rolls out, grades and curates `queries` (this host's share) with `session` under `cfg` (an
+  em.config.RunConfig, algorithm em or rl) into out_dir/dtrain{shard}.jsonl and
+  out_dir/queries{shard}.jsonl, resuming after the last finished chunk. on_chunk(queries,
   rollouts) is called after each chunk is on disk."""
   os.makedirs(out_dir, exist_ok=True)
   finished = done_queries(out_dir, shard)
@@ -322,25 +188,24 @@ def run_estep(ex: Explorer, queries: Sequence[Query], iteration: int, out_dir: s
   stats = JsonlStore(os.path.join(out_dir, f"queries{shard}.jsonl"))
   todo = [q for q in queries if q.id not in finished]
   by_id = {q.id: q for q in queries}
-  curate = {"em": curate_em, "rl": curate_rl}[ex.cfg.algorithm]
-  for start in range(0, len(todo), ex.cfg.rollout_chunk):
-    chunk = todo[start:start + ex.cfg.rollout_chunk]
-    reqs = [ex.request(q, p, iteration) for q in chunk for p in ex.cfg.probes]
+  curate = {"em": curate_query, "rl": curate_rl}[cfg.algorithm]
+  for start in range(0, len(todo), cfg.rollout_chunk):
+    chunk = todo[start:start + cfg.rollout_chunk]
+    reqs = [session.request(q, p, iteration) for q in chunk for p in cfg.probes]
     t0 = time.perf_counter()
-    trajs = run_tool_loop(ex.engine, ex.sandbox, ex.tokenizer, reqs, ex.sampling(),
-                          max_tool_calls=ex.cfg.max_tool_calls, fence_ids=ex.fences)
-    ex.grade(trajs, by_id)
+    trajs = session.roll_out(reqs, sampling(session, cfg))
+    session.grade(trajs, by_id)
     per_query = collections.defaultdict(list)
     for t in trajs:
       per_query[t.query_id].append(t)
     records, summaries = [], []
     for q in chunk:
-      rng = np.random.default_rng([ex.cfg.seed, iteration, derive_seed(q.id)])
-      recs, summary = curate(ex, q, per_query[q.id], iteration, rng)
-      summary["seeds"] = {p: derive_seed(ex.cfg.seed, iteration, q.id, p, "auto")
-                          for p in ex.cfg.probes}
-      if ex.cfg.branching and iteration > 0:
-        brecs, bsum = branch(ex, q, per_query[q.id], iteration, rng, by_id)
+      rng = np.random.default_rng([cfg.seed, iteration, derive_seed(q.id)])
+      recs, summary = curate(session, cfg, q, per_query[q.id], iteration, rng)
+      summary["seeds"] = {p: derive_seed(cfg.seed, iteration, q.id, p, "auto")
+                          for p in cfg.probes}
+      if cfg.branching and iteration > 0:
+        brecs, bsum = branch(session, cfg, q, per_query[q.id], iteration, rng, by_id)
         recs += brecs
         summary["branches"] = bsum
       summary["elapsed_s"] = (time.perf_counter() - t0) / len(chunk)

@@ -28,14 +28,15 @@ from autocode_jax.data.datasets import load_dataset
 from autocode_jax.data.dtrain import TrainRecord, in_query_order, read_dtrain, write_records
 from autocode_jax.data.records import SftExample
 from autocode_jax.data.sampling import stratified_sample
+from autocode_jax.data.sft import sft_records
 from autocode_jax import synthetic
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
 from autocode_jax.em.metrics import MetricsWriter
 from autocode_jax.em.policy import Policy
-from autocode_jax.eval.metrics import autocode_analysis, grader_note
-from autocode_jax.eval.run import run_modes
 from autocode_jax.files import read_json, read_shards, write_json, write_jsonl
+from autocode_jax.grading.metrics import autocode_analysis, grader_note, result_rows
+from autocode_jax.rollout import session as session_lib
 
 PHASES = ("estep", "behaviour", "mstep", "export", "eval")
 
@@ -153,34 +154,32 @@ class Runner:
     self.progress = Progress(os.path.join(cfg.run_dir, "progress.json"))
     self.metrics = MetricsWriter(cfg.run_dir, cfg.tensorboard)
     self.export_dir = os.path.join(cfg.run_dir, "hf_policy")
-    self._explorer = None
+    self._session = None
     self._engine_step = None
     self.engine_updates = 0  # weight updates of the rollout engine after M-steps
-    self.stop_ids = explore.stop_ids(self.tokenizer, self.policy.model_config, cfg.template)
+    self.stop_ids = session_lib.stop_ids(self.tokenizer, self.policy.model_config, cfg.template)
 
   # -- pieces ------------------------------------------------------------------------------------
 
-  def explorer(self) -> explore.Explorer:
-    """The engine, sandbox and grader, built on first use; the engine then follows the policy."""
+  def session(self) -> session_lib.RolloutSession:
+    """The rollout session (engine, sandbox, grader), opened on first use; its engine then
+    follows the policy."""
     cfg = self.cfg
-    if self._explorer is None:
-      from autocode_jax.rollout.tool_loop import fence_token_ids
-      sandbox, grader = explore.make_tools(cfg)
-      if cfg.engine == "jax":
-        from autocode_jax.rollout.jax_sampler import JaxSampler
-        engine = JaxSampler(self.policy.model(), mesh=self.policy.mesh if self.nproc == 1 else None,
-                            pad_id=self.policy.pad_id)
-        if self.nproc > 1:
-          engine.update(self.policy.local_params())
-      else:
+    if self._session is None:
+      if cfg.rollout.engine == "vllm":
         self._export()
-        engine = explore.make_vllm(cfg, self.export_dir)
-      self._explorer = explore.Explorer(engine, sandbox, self.tokenizer, grader, cfg,
-                                        fence_token_ids(self.tokenizer), self.stop_ids)
+      self._session = session_lib.open_session(
+          cfg.rollout, self.tokenizer, self.policy.model_config, template=cfg.template,
+          seed=cfg.seed, dtype=cfg.dtype,
+          model=self.policy.model() if cfg.rollout.engine == "jax" else None,
+          mesh=self.policy.mesh if self.nproc == 1 else None, pad_id=self.policy.pad_id,
+          model_dir=self.export_dir, vllm_sleep=cfg.vllm_sleep)
+      if cfg.rollout.engine == "jax" and self.nproc > 1:
+        self._session.engine.update(self.policy.local_params())
       self._engine_step = self.policy.step
     elif self._engine_step != self.policy.step:
-      engine = self._explorer.engine
-      if cfg.engine == "jax":
+      engine = self._session.engine
+      if cfg.rollout.engine == "jax":
         engine.update(self.policy.local_params())
       else:
         self._export()
@@ -189,7 +188,7 @@ class Runner:
         engine.update_weights(self.export_dir)
       self._engine_step = self.policy.step
       self.engine_updates += 1
-    return self._explorer
+    return self._session
 
   def _export(self) -> None:
     """The HuggingFace export of the current policy, unless it is already on disk: in the
@@ -208,9 +207,8 @@ class Runner:
       write_json(self.progress.path, self.progress.data)
 
   def close(self) -> None:
-    if self._explorer is not None:
-      self._explorer.sandbox.close()
-      self._explorer.grader.close()
+    if self._session is not None:
+      self._session.close()
     self.ckpt.close()
     self.metrics.close()
 
@@ -225,10 +223,10 @@ class Runner:
       recs = sft_dtrain(cfg, self.tokenizer, mine, it, self.stop_ids)
       write_records(path, recs)
     else:
-      ex = self.explorer()
+      session = self.session()
       total = len(mine) * cfg.k * len(cfg.probes)
       bar = _Bar(cfg.progress, total=total, desc=f"iter {it} E-step", unit="rollout")
-      explore.run_estep(ex, mine, it, it_dir, self.shard,
+      explore.run_estep(session, cfg, mine, it, it_dir, self.shard,
                         on_chunk=lambda nq, nr: bar.update(nr))
       bar.close()
     _barrier(f"estep-{it}")
@@ -243,9 +241,11 @@ class Runner:
 
   def _evaluate(self, it: int, it_dir: str) -> dict:
     cfg = self.cfg
-    ex = self.explorer()
+    session = self.session()
     mine = self.eval_queries[self.pid::self.nproc]
-    rows = run_modes(ex, mine, cfg.eval_modes, cfg.eval_max_tokens, tag=f"iter{it}") if mine else []
+    trajs = session.roll_out_modes(mine, cfg.eval_modes,
+                                   max_tokens=cfg.eval_max_tokens or cfg.max_tokens) if mine else []
+    rows = result_rows(trajs, tag=f"iter{it}")
     path = os.path.join(it_dir, f"eval{self.shard}.jsonl")
     write_jsonl(path, rows)
     _barrier(f"eval-{it}")
@@ -293,8 +293,8 @@ class Runner:
         records = _drop_uniform(records)
       behaviour_path = os.path.join(it_dir, "behaviour.npz")
       if not self.progress.done(it, "behaviour"):
-        if cfg.engine == "vllm" and cfg.vllm_sleep and self._explorer is not None:
-          self._explorer.engine.sleep()
+        if cfg.rollout.engine == "vllm" and cfg.vllm_sleep and self._session is not None:
+          self._session.engine.sleep()
         t0 = time.perf_counter()
         behaviour = self.policy.behaviour_logprobs(records) if cfg.algorithm != "sft" else [
             np.zeros(len(r.token_ids), np.float32) for r in records]
@@ -353,8 +353,8 @@ def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int,
                                              code_share=cfg.synthetic_code_share)
   else:
     examples = [SftExample(q, q.solution or "") for q in queries]
-  return explore.sft_records(tokenizer, cfg, examples, iteration,
-                             explore.end_id(tokenizer, cfg.template, stops))
+  return sft_records(tokenizer, cfg.template, examples, iteration,
+                     session_lib.end_id(tokenizer, cfg.template, stops))
 
 
 def _drop_uniform(records: list[TrainRecord]) -> list[TrainRecord]:

@@ -44,8 +44,8 @@ def jax_fraction(cfg) -> float:
   """The share of each device's memory JAX may allocate."""
   if cfg.jax_memory_fraction:
     return cfg.jax_memory_fraction
-  if cfg.engine == "vllm":
-    return round(1.0 - cfg.vllm_gpu_memory_utilization - RESERVE, 4)
+  if cfg.rollout.engine == "vllm":
+    return round(1.0 - cfg.rollout.vllm_gpu_memory_utilization - RESERVE, 4)
   return JAX_DEFAULT_FRACTION
 
 
@@ -54,9 +54,9 @@ def memory_env(cfg) -> dict[str, str]:
   preallocation and a cap of jax_fraction; without, JAX's defaults unless jax_memory_fraction
   is set. Variables already in the environment are the user's and are kept."""
   env = {}
-  if cfg.engine == "vllm":
+  if cfg.rollout.engine == "vllm":
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-  if cfg.engine == "vllm" or cfg.jax_memory_fraction:
+  if cfg.rollout.engine == "vllm" or cfg.jax_memory_fraction:
     env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{jax_fraction(cfg):.4g}"
   return env
 
@@ -73,13 +73,14 @@ def check_engine_devices(cfg, platform: str, local_devices: int, distributed: bo
   multi-host runtime), each engine on its own. Raises ConfigError where the engine would leave
   GPUs idle."""
   from autocode_jax.em.config import ConfigError
-  if cfg.engine != "vllm" or platform != "gpu" or local_devices == cfg.vllm_tensor_parallel:
+  tp = cfg.rollout.vllm_tensor_parallel
+  if cfg.rollout.engine != "vllm" or platform != "gpu" or local_devices == tp:
     return
   how = ("set CUDA_VISIBLE_DEVICES so that each process sees only its own GPU(s)" if distributed
          else "launch one process per GPU with --distributed (README, 'On 8 GPUs')")
   raise ConfigError("vllm_tensor_parallel",
                     f"this process sees {local_devices} GPUs but its vLLM engine would use "
-                    f"{cfg.vllm_tensor_parallel}: {how}, or set --vllm_tensor_parallel="
+                    f"{tp}: {how}, or set --vllm_tensor_parallel="
                     f"{local_devices} if the model's heads divide by it")
 
 
@@ -106,11 +107,12 @@ def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
   for sft its longest prompt + solution; `length` overrides the train row."""
   from autocode_jax import synthetic
   from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
-  from autocode_jax.em import explore, loop
+  from autocode_jax.em import loop
   from autocode_jax.em.policy import model_config
+  from autocode_jax.rollout.session import stop_ids
   queries = loop.load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
   if cfg.algorithm == "sft":
-    stops = explore.stop_ids(tokenizer, model_config(cfg, tokenizer), cfg.template)
+    stops = stop_ids(tokenizer, model_config(cfg, tokenizer), cfg.template)
     recs = loop.sft_dtrain(cfg, tokenizer, queries, 0, stops)
     longest = max(r.length for r in recs)
     prompt, source = max(len(r.prompt_ids) for r in recs), "longest prompt + solution"
@@ -118,8 +120,8 @@ def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
     prompt = max(len(tokenizer.encode(build_prompt(q.problem, "auto", "vanilla", cfg.template,
                                                    tokenizer).text)) for q in queries)
     longest, source = prompt + cfg.max_tokens, f"longest prompt {prompt} + max_tokens"
-    if cfg.engine == "vllm" and longest > cfg.vllm_max_model_len:
-      longest, source = cfg.vllm_max_model_len, "vllm_max_model_len"
+    if cfg.rollout.engine == "vllm" and longest > cfg.rollout.vllm_max_model_len:
+      longest, source = cfg.rollout.vllm_max_model_len, "vllm_max_model_len"
   if length:
     longest, source = length, "--dry_run_length"
   return {"train": longest, "prompt": prompt, "prefix": len(tokenizer.encode(CODE_PREFIX)),
@@ -246,7 +248,7 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
     lines.append(("behaviour pass peak: state + rows + temporaries", peaks["behaviour pass"],
                   "compiled"))
   kv_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
-  if cfg.engine == "jax" and cfg.algorithm != "sft":
+  if cfg.rollout.engine == "jax" and cfg.algorithm != "sft":
     rows = cfg.rollout_chunk * cfg.k * len(cfg.probes)
     kv = _rows_per_device(mesh, rows) * (t + cfg.max_tokens) * kv_token
     peaks["rollouts"] = param_b + opt_b + kv
@@ -267,23 +269,23 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
                       f"{jax_share / GiB:.2f} GiB: short by {(jax_peak - jax_share) / GiB:.2f} "
                       f"GiB at {t} tokens; {fix}, or give JAX more (--jax_memory_fraction)")
   vllm_share = 0
-  if cfg.engine == "vllm":
-    tp = cfg.vllm_tensor_parallel
-    vllm_share = int(cfg.vllm_gpu_memory_utilization * device)
+  if cfg.rollout.engine == "vllm":
+    tp, model_len = cfg.rollout.vllm_tensor_parallel, cfg.rollout.vllm_max_model_len
+    vllm_share = int(cfg.rollout.vllm_gpu_memory_utilization * device)
     weights = n_params * jnp.dtype(mc.dtype).itemsize // tp
     kv_heads = mc.num_kv_heads // tp if mc.num_kv_heads % tp == 0 else 1
     per_token = kv_token * kv_heads // mc.num_kv_heads
     room = vllm_share - weights - VLLM_OVERHEAD
-    seqs = room / (per_token * cfg.vllm_max_model_len)
+    seqs = room / (per_token * model_len)
     lines.append((f"vLLM's share: vllm_gpu_memory_utilization "
-                  f"{cfg.vllm_gpu_memory_utilization:.2f}", vllm_share, "vLLM claims it"))
+                  f"{cfg.rollout.vllm_gpu_memory_utilization:.2f}", vllm_share, "vLLM claims it"))
     lines.append((f"  weights: {mc.dtype} export, tensor parallel {tp}", weights, "exact"))
     lines.append(("  activations and CUDA graphs", VLLM_OVERHEAD, "estimated"))
     lines.append((f"  KV cache: {max(room, 0) // per_token:,} tokens = {max(seqs, 0):.0f} "
-                  f"sequences of {cfg.vllm_max_model_len}", max(room, 0), "estimated"))
+                  f"sequences of {model_len}", max(room, 0), "estimated"))
     if seqs < 1:
       shortfalls.append(f"vLLM's share ({vllm_share / GiB:.2f} GiB) does not hold its weights, "
-                        f"activations and one sequence of {cfg.vllm_max_model_len} tokens: raise "
+                        f"activations and one sequence of {model_len} tokens: raise "
                         f"--vllm_gpu_memory_utilization or --vllm_tensor_parallel")
   reserve = device - jax_share - vllm_share
   lines.append(("rest: CUDA contexts, NCCL, allocator slack", reserve, ""))

@@ -12,14 +12,13 @@ import dataclasses
 import os
 
 from autocode_jax.data.datasets import DATASETS, load_dataset
+from autocode_jax.data.prompts import MODES, TEMPLATES
 from autocode_jax.data.sampling import stratified_sample
-from autocode_jax.em import explore
-from autocode_jax.em.config import EVAL_MODES, ENGINES, TEMPLATES
 from autocode_jax.eval import report
-from autocode_jax.eval.metrics import autocode_analysis, grader_note
-from autocode_jax.eval.run import run_modes
 from autocode_jax.files import read_jsonl, write_jsonl
 from autocode_jax.flagging import ConfigError, option, required, requirer
+from autocode_jax.grading.metrics import autocode_analysis, grader_note, result_rows
+from autocode_jax.rollout.session import RolloutSettings, open_session
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +26,10 @@ class EvalConfig:
   """model_dir: the HF checkpoint; out_dir: where results go; benchmarks: dataset names; limit:
   queries per benchmark (0: all; otherwise a seeded difficulty-stratified sample); modes;
   sampled_benchmarks are scored as the mean over `samples` samples at `sample_temperature`
-  (METHOD.md: AIME24 and AMC23, n = 64, T = 0.6), the others greedily. The other fields mean
-  what they mean in em.config.RunConfig."""
+  (METHOD.md: AIME24 and AMC23, n = 64, T = 0.6), the others greedily; rollout: the engine,
+  sandbox and grader settings (rollout.session.RolloutSettings, as in training, but vLLM may
+  take 80% of a GPU: no trainer shares it). The other fields mean what they mean in
+  em.config.RunConfig."""
   model_dir: str = required("HuggingFace model directory to evaluate")
   out_dir: str = required("where results go")
   tokenizer_dir: str = option("", "tokenizer directory (default: model_dir)")
@@ -44,47 +45,28 @@ class EvalConfig:
   samples: int = option(64, "samples per query on sampled_benchmarks")
   sample_temperature: float = option(0.6, "temperature of those samples")
   max_tokens: int = option(2048, "response tokens at most")
-  max_tool_calls: int = option(4, "code executions per response")
   seed: int = option(0, "seed of the query sample and the rollouts")
   param_dtype: str = option("float32", "parameter dtype")
   dtype: str = option("float32", "compute dtype")
   mesh_data: int = option(1, "data mesh axis")
   mesh_fsdp: int = option(-1, "FSDP mesh axis")
   mesh_tensor: int = option(1, "tensor mesh axis")
-  engine: str = option("jax", "jax (built-in sampler) or vllm", choices=ENGINES)
-  vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
-  vllm_gpu_memory_utilization: float = option(0.8, "vLLM gpu_memory_utilization")
-  vllm_max_model_len: int = option(4096, "vLLM max_model_len")
-  vllm_enforce_eager: bool = option(False, "vLLM enforce_eager")
-  vllm_kv_cache_mb: int = option(0, "vLLM KV-cache MiB (0: from the memory share)")
-  sandbox_workers: int = option(2, "sandbox server processes")
-  sandbox_timeout_s: float = option(5.0, "seconds per execution")
-  sandbox_memory_mb: int = option(1024, "address-space limit per execution")
-  max_output_chars: int = option(512, "interpreter output shown at most")
-  grade_timeout_s: float = option(5.0, "seconds per answer comparison")
-
-  # What the Explorer reads besides the fields above.
-  k = 1
-  temperature = 0.0
-  top_p = 1.0
-  vllm_sleep = False
+  rollout: RolloutSettings = RolloutSettings(vllm_gpu_memory_utilization=0.8)
 
   def __post_init__(self):
     need = requirer(self)
     need(bool(self.model_dir), "model_dir", "a HuggingFace model directory is required")
     need(bool(self.out_dir), "out_dir", "an output directory is required")
     need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")
-    need(self.engine in ENGINES, "engine", f"expected one of {ENGINES}")
     need(bool(self.benchmarks) and all(b in DATASETS for b in self.benchmarks), "benchmarks",
          f"expected names from {tuple(DATASETS)}")
     need(all(b in DATASETS for b in self.sampled_benchmarks), "sampled_benchmarks",
          f"expected names from {tuple(DATASETS)}")
-    need(bool(self.modes) and all(m in EVAL_MODES for m in self.modes), "modes",
-         f"expected a non-empty list from {EVAL_MODES}")
-    for f in ("samples", "max_tokens", "sandbox_workers", "sandbox_memory_mb",
-              "max_output_chars", "vllm_tensor_parallel", "vllm_max_model_len"):
+    need(bool(self.modes) and all(m in MODES for m in self.modes), "modes",
+         f"expected a non-empty list from {MODES}")
+    for f in ("samples", "max_tokens"):
       need(getattr(self, f) > 0, f, "must be positive")
-    need(self.limit >= 0 and self.max_tool_calls >= 0, "limit", "limit and max_tool_calls >= 0")
+    need(self.limit >= 0, "limit", "must be >= 0")
     need(self.sample_temperature > 0, "sample_temperature", "must be positive")
 
 
@@ -113,45 +95,38 @@ def _queries(cfg: EvalConfig, name: str):
 def evaluate(cfg: EvalConfig, log=print) -> dict:
   """Evaluates every benchmark (skipping those already in out_dir/rows) and writes the report.
   Returns {benchmark: autocode_analysis(...) plus "n_samples"}."""
+  from autocode_jax.models.config import load_hf_config
   from autocode_jax.models.hf import from_pretrained
   from autocode_jax.models.sharding import make_mesh
   from autocode_jax.models.tokenizer import load_tokenizer
-  from autocode_jax.rollout.tool_loop import fence_token_ids
   rows_dir = os.path.join(cfg.out_dir, "rows")
   os.makedirs(rows_dir, exist_ok=True)
   todo = [b for b in cfg.benchmarks if not os.path.exists(os.path.join(rows_dir, f"{b}.jsonl"))]
   if todo:
     tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.model_dir)
-    sandbox, grader = explore.make_tools(cfg)
+    model, mesh = None, None
+    if cfg.rollout.engine == "jax":
+      mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
+      model = from_pretrained(cfg.model_dir, mesh=mesh, param_dtype=cfg.param_dtype,
+                              dtype=cfg.dtype)
+    session = open_session(cfg.rollout, tokenizer, load_hf_config(cfg.model_dir),
+                           template=cfg.template, seed=cfg.seed, dtype=cfg.dtype, model=model,
+                           mesh=mesh, pad_id=tokenizer.pad_token_id or 0,
+                           model_dir=cfg.model_dir)
     try:
-      if cfg.engine == "jax":
-        from autocode_jax.rollout.jax_sampler import JaxSampler
-        mesh = make_mesh(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_tensor)
-        model = from_pretrained(cfg.model_dir, mesh=mesh, param_dtype=cfg.param_dtype,
-                                dtype=cfg.dtype)
-        model_config = model.config
-        pad = tokenizer.pad_token_id or 0
-        engine = JaxSampler(model, mesh=mesh, pad_id=pad)
-      else:
-        from autocode_jax.models.config import load_hf_config
-        model_config = load_hf_config(cfg.model_dir)
-        engine = explore.make_vllm(cfg, cfg.model_dir)
-      stops = explore.stop_ids(tokenizer, model_config, cfg.template)
-      ex = explore.Explorer(engine, sandbox, tokenizer, grader, cfg, fence_token_ids(tokenizer),
-                            stops)
       for name in todo:
         sampled = name in cfg.sampled_benchmarks
-        rows = run_modes(ex, _queries(cfg, name), cfg.modes, cfg.max_tokens, tag=name,
-                         n=cfg.samples if sampled else 1,
-                         temperature=cfg.sample_temperature if sampled else 0.0)
+        trajs = session.roll_out_modes(_queries(cfg, name), cfg.modes, max_tokens=cfg.max_tokens,
+                                       n=cfg.samples if sampled else 1,
+                                       temperature=cfg.sample_temperature if sampled else 0.0)
+        rows = result_rows(trajs, tag=name)
         path = os.path.join(rows_dir, f"{name}.jsonl")
         write_jsonl(path, rows)
         acc = autocode_analysis(rows)
         log(f"{name}: " + " ".join(f"{m} {a:.3f}" for m, a in acc["accuracy"].items())
             + f" ({grader_note(acc).strip()})")
     finally:
-      sandbox.close()
-      grader.close()
+      session.close()
   results = {}
   for name in cfg.benchmarks:
     rows = read_jsonl(os.path.join(rows_dir, f"{name}.jsonl"))

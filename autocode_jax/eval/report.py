@@ -8,8 +8,8 @@ import os
 
 import numpy as np
 
-from autocode_jax.eval.metrics import autocode_analysis
 from autocode_jax.files import read_shards, write_json
+from autocode_jax.grading.metrics import autocode_analysis
 
 
 def _plt():

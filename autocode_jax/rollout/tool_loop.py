@@ -38,6 +38,8 @@ class Trajectory:
   reward: float | None = None
   seed: int | None = None  # the request's seed: with the sample index, it fixes the rollout
   grade_failure: str | None = None  # 'timeout' or 'error' when the grader could not say
+  mode: str = "auto"  # the request's prompt mode (data.prompts.MODES)
+  sample: int = 0  # which of the request's n rollouts
 
   @property
   def num_tool_calls(self) -> int:
@@ -59,12 +61,13 @@ class Request:
   """A prompt to roll out: its token ids, the probe prefix's token ids (empty for vanilla), and
   optionally its own seed: then its rollouts depend on that seed alone, not on which other
   requests share the call (the E-step seeds each query so that a split over hosts changes
-  nothing)."""
+  nothing); mode: the prompt mode it was built in, which its trajectories carry."""
   query_id: str
   prompt_ids: tuple[int, ...]
   prefix_ids: tuple[int, ...] = ()
   probe: str = "vanilla"
   seed: int | None = None
+  mode: str = "auto"
 
 
 def fence_token_ids(tokenizer) -> tuple[int, ...]:
@@ -93,8 +96,8 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   if len(seeded) > 1:
     raise ValueError("run_tool_loop: either every request has a seed or none has")
   seeded = seeded == {True}
-  trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids), seed=r.seed) for r in requests
-           for _ in range(params.n)]
+  trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids), seed=r.seed, mode=r.mode,
+                      sample=j) for r in requests for j in range(params.n)]
   reqs = [r for r in requests for _ in range(params.n)]
   sample = [j for _ in requests for j in range(params.n)]
   for t, r in zip(trajs, reqs):

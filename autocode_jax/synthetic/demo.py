@@ -28,9 +28,9 @@ from autocode_jax.em import mstep
 from autocode_jax.em.config import RunConfig
 from autocode_jax.em.metrics import read_metrics
 from autocode_jax.eval import report
-from autocode_jax.eval.metrics import autocode_analysis
 from autocode_jax.files import write_json
 from autocode_jax.flagging import ConfigError, option
+from autocode_jax.grading.metrics import autocode_analysis
 from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from autocode_jax.eval.metrics import autocode_analysis, invocation_histogram, pass_at_1
+from autocode_jax.grading.metrics import autocode_analysis, invocation_histogram, pass_at_1
 
 
 def _rows(table):

@@ -1,4 +1,5 @@
-"""Evaluation metrics of METHOD.md (Evaluation) as pure functions of result rows.
+"""Evaluation metrics of METHOD.md (Evaluation) as pure functions of result rows: what
+evaluation reports and what the training loop reports each iteration.
 
 A row is one graded response: {"query_id", "mode" (cot | code | auto), "correct" (0/1),
 "label" (1 if it executed code), "grader_failure" (None, 'timeout' or 'error')}; a query may
@@ -22,6 +23,15 @@ from typing import Sequence
 import numpy as np
 
 from autocode_jax.grading.grader import failure_counts
+
+
+def result_rows(trajectories: Sequence, tag: str) -> list[dict]:
+  """A row per graded trajectory (rollout.session.RolloutSession.roll_out_modes): query_id,
+  mode, sample, correct, label, tool calls, response tokens, grader_failure, and `tag` (the
+  benchmark, or the iteration)."""
+  return [{"query_id": t.query_id, "mode": t.mode, "sample": t.sample, "correct": int(t.reward),
+           "label": t.label, "tool_calls": t.num_tool_calls, "tokens": len(t.token_ids),
+           "grader_failure": t.grade_failure, "tag": tag} for t in trajectories]
 
 
 def per_query(rows: Sequence[dict]) -> dict[tuple[str, str], dict]:
