@@ -247,7 +247,7 @@ def test_sft_records_mask_output_blocks(tok):
     sft_records(tok, "chat", [SftExample(Q1, "")], 0, EOS)
 
 
-TOWER = "So \\boxed{10^{10^{10}} + 1}."  # exact comparison with 1 takes far past the limit
+TOWER = "So \\boxed{10^{10^{10^{10}}}}."  # comparing it with 1 takes far past the limit
 
 
 def test_grader_timeouts_are_counted_in_the_e_step_and_in_eval(tok, parts, tmp_path):

@@ -70,6 +70,19 @@ CASES = [
     ("18\\text{ meters}", "17", False),
     ("9", "9\\text{ values}", True),
     ("22.1", "22.1cm^{2}", True),
+    # units in every text command, and after the gold's math
+    ("40\\textnormal{ cm}", "40 cm", True),
+    ("40\\textrm{ cm}", "40", True),
+    ("40\\textup{ cm}", "40 cm", True),
+    ("40\\mbox{ cm}", "40", True),
+    ("40\\operatorname{cm}", "40", True),
+    ("40\\mathrm{~cm}", "40", True),
+    ("41\\textnormal{ cm}", "40 cm", False),
+    ("40\\text{ cm}", "$40$ cm", True),
+    ("40", "$40$ cm", True),
+    ("40\\textnormal{ cm}", "$40$ \\text{cm}", True),
+    ("41", "$40$ cm", False),
+    ("12", "$12$ cm$^2$", False),
     ("12 s", "12", True),
     ("s \\cdot 2", "2s", True),
     ("2", "2s", False),
@@ -114,6 +127,17 @@ CASES = [
     ("x^2+2x+1", "(x+1)^2", True),
     ("x^5 - x^4 + x^3 - x^2 + x - 1", "x^5-x^4+x^3-x^2+x-1", True),
     ("x^2-1", "x^2+1", False),
+    # undefined values of the same form are not equal (5:00 parses as 5/0)
+    ("-05\\!:\\!00", "05\\!:\\!00", False),
+    ("05\\!:\\!00", "05\\!:\\!00", True),
+    # nested radicals, fractions and powers with operands reordered at depth 2-3
+    ("\\frac{\\sqrt{\\sqrt{3}+\\sqrt{2}}}{7+3\\sqrt{5}}",
+     "\\frac{\\sqrt{\\sqrt{2}+\\sqrt{3}}}{3\\sqrt{5}+7}", True),
+    ("\\frac{\\sqrt{\\sqrt{3}+\\sqrt{2}}}{7+3\\sqrt{6}}",
+     "\\frac{\\sqrt{\\sqrt{2}+\\sqrt{3}}}{3\\sqrt{5}+7}", False),
+    ("11 + \\sqrt{\\sqrt{\\sqrt{6} \\cdot 19 + 10} + 5}", "\\sqrt{5+\\sqrt{10+19\\sqrt{6}}}+11", True),
+    ("11 + \\sqrt{\\sqrt{\\sqrt{7} \\cdot 19 + 10} + 5}", "\\sqrt{5+\\sqrt{10+19\\sqrt{6}}}+11", False),
+    ("(\\sqrt{7} + 3)^{y + x}", "(3+\\sqrt{7})^{x+y}", True),
     # several answers
     ("2, 3", "3, 2", True),
     ("3 \\pm 2\\sqrt{2}", "3 \\pm 2 \\sqrt{2}", True),
@@ -194,6 +218,60 @@ def test_last_boxed_handles_nesting():
   assert last_boxed("no box") is None
 
 
+# Right answers equal to their gold up to the order of commutative operands at depth 2-3, and
+# near misses of them: decided without the symbolic check, so within a second each.
+REORDERED = [
+    ("\\frac{\\sqrt{\\sqrt{%d}+\\sqrt{%d}}}{%d\\sqrt{%d}+%d}",
+     "\\frac{\\sqrt{\\sqrt{%(1)d}+\\sqrt{%(0)d}}}{%(4)d+\\sqrt{%(3)d} \\cdot %(2)d}"),
+    ("\\sqrt{%d+\\sqrt{%d+%d\\sqrt{%d}}}+%d",
+     "%(4)d+\\sqrt{\\sqrt{\\sqrt{%(3)d} \\cdot %(2)d+%(1)d}+%(0)d}"),
+    ("(%d+\\sqrt{%d})^{%d+\\sqrt{%d}} \\cdot %d",
+     "%(4)d (\\sqrt{%(1)d}+%(0)d)^{\\sqrt{%(3)d}+%(2)d}"),
+]
+
+
+def test_reordered_nested_answers_do_not_depend_on_the_time_limit(pool):
+  """The issue's shapes, with numbers larger than the ones that took 3.8 s to grade: right at a
+  one-second limit, each in well under it, and a near miss (one inner number changed) is wrong."""
+  responses, golds, expected = [], [], []
+  for k, (gold, answer) in enumerate(REORDERED):
+    for n in range(4):
+      p = [17 + 10 * n + k, 23 + 7 * n, 31 + n, 41 + 3 * n, 53 + n]
+      g = gold % tuple(p)
+      for change, want in ((0, True), (1, False)):
+        q = {str(i): v for i, v in enumerate(p)}
+        q["3"] += change
+        responses.append(f"So \\boxed{{{answer % q}}}.")
+        golds.append(g)
+        expected.append(want)
+  results = grade_results(responses, golds, pool=pool, timeout_s=1)
+  assert [r.failure for r in results] == [None] * len(results)
+  assert [r.correct for r in results] == expected
+  assert max(r.seconds for r in results) < 0.5
+
+
+def test_canonical_key_is_commutative_reordering_only():
+  """Equal keys exactly for the same expression up to the order and grouping of sums' and
+  products' operands (and of a finite set's elements); never for other rewrites."""
+  import sympy
+  from autocode_jax.grading.equivalence import canonical_key
+  x, y, z = sympy.symbols("x y z")
+  ne = dict(evaluate=False)
+  a = sympy.Add(sympy.Mul(3, sympy.sqrt(5, evaluate=False), **ne), 7, **ne)
+  b = sympy.Add(7, sympy.Mul(sympy.sqrt(5, evaluate=False), 3, **ne), **ne)
+  assert a != b and canonical_key(a) == canonical_key(b)
+  nested = sympy.Add(x, sympy.Add(y, z, **ne), **ne)
+  assert canonical_key(nested) == canonical_key(sympy.Add(sympy.Add(z, x, **ne), y, **ne))
+  assert canonical_key(sympy.Pow(x, y, **ne)) != canonical_key(sympy.Pow(y, x, **ne))
+  assert canonical_key(sympy.Tuple(1, 2)) != canonical_key(sympy.Tuple(2, 1))
+  assert canonical_key(sympy.FiniteSet(1, 2)) == canonical_key(sympy.FiniteSet(2, 1))
+  assert canonical_key(sympy.Add(x, x, **ne)) != canonical_key(sympy.Mul(2, x, **ne))
+  A, B = sympy.symbols("A B", commutative=False)
+  assert canonical_key(A * B) != canonical_key(B * A)
+  huge = sympy.Pow(10, sympy.Pow(10, 10, **ne), **ne)  # never evaluated
+  assert canonical_key(sympy.Add(huge, 1, **ne)) == canonical_key(sympy.Add(1, huge, **ne))
+
+
 def test_no_answer_grades_false(pool):
   assert grade("I give up.", "3", pool=pool) is False
 
@@ -260,10 +338,10 @@ def test_every_shipped_gold_parses(shared_dir, pool):
 def test_grade_results_say_why_a_response_scored_zero(pool):
   """No answer, a wrong one, a timeout and a worker exception all grade False; the results
   tell them apart and failure_counts counts the last two."""
-  results = grade_results(["no answer here", "\\boxed{2}", "\\boxed{10^{10^{10}} + 1}",
+  results = grade_results(["no answer here", "\\boxed{2}", "\\boxed{10^{10^{10^{10}}}}",
                            "\\boxed{1}"], ["1", "1", "1", None], pool=pool, timeout_s=1)
   assert [r.correct for r in results] == [False] * 4
-  assert [r.answer for r in results] == [None, "2", "10^{10^{10}} + 1", "1"]
+  assert [r.answer for r in results] == [None, "2", "10^{10^{10^{10}}}", "1"]
   assert [r.failure_kind for r in results] == [None, None, "timeout", "error"]
   assert "AttributeError" in results[3].failure
   assert failure_counts(r.failure_kind for r in results) == {"timeout": 1, "error": 1}

@@ -13,6 +13,8 @@ import re
 import zlib
 from typing import Callable, Iterable, Sequence
 
+from autocode_jax.grading.extract import TEXT_COMMANDS, UNIT_COMMANDS, command_pattern
+
 # Thousands separators as MATH and GSM8K write them, and thin spaces.
 SEPARATORS = (",", "{,}", ",\\!", "\\,", "\u2009", "\u202f")
 _CONTEXTS = (
@@ -24,7 +26,8 @@ _CONTEXTS = (
 )
 _UNITS = ("\\text{ cm}", "\\text{ meters}", "\\text{ dollars}", " \\text{units}",
           "\\text{ seconds}")
-_TEXT_GROUP = re.compile(r"\\(?:text|mbox|mathrm|textbf|operatorname)\s*\{[^{}]*\}(?:\^\{?\d\}?)?|"
+_UNIT_WORDS = ("cm", "meters", "dollars", "units", "seconds", "inches", "degrees", "km")
+_TEXT_GROUP = re.compile(command_pattern(TEXT_COMMANDS) + r"\s*\{[^{}]*\}(?:\^\{?\d\}?)?|"
                          r"(?<=[\d\s])(?:cm|mm|km|m|ft|in)\^\{?[23]\}?\s*$")  # and a bare unit
 _NUMBER = re.compile(r"^(-?)(\\\$)?(\d+)(\.\d+)?$")
 _SEPARATED = re.compile(r"(?<=\d)(?:,\\!\s*|\{,\}|,(?=\d{3}(?!\d)))(?=\d{3})")
@@ -122,6 +125,71 @@ def units(gold: str, rng: random.Random) -> list[str]:
   return [gold + rng.choice(_UNITS)]
 
 
+def unit_commands(gold: str, rng: random.Random) -> list[str]:
+  """A unit after a plain number in one of the text commands units are written in
+  (extract.UNIT_COMMANDS: \\text, \\textnormal, \\textrm, \\textup, \\mathrm, \\mbox, ...),
+  chosen per gold."""
+  if _number(gold) is None or "\\$" in gold:
+    return []
+  return [f"{gold}\\{rng.choice(UNIT_COMMANDS)}{{ {rng.choice(_UNIT_WORDS)}}}"]
+
+
+def units_after_math(gold: str, rng: random.Random) -> list[tuple[str, str]]:
+  """(gold, answer): the gold number written in math mode with its unit after the closing `$`
+  (`$40$ cm`), answered with the unit in a text command."""
+  if _number(gold) is None or "\\$" in gold:
+    return []
+  word, cmd = rng.choice(_UNIT_WORDS), rng.choice(UNIT_COMMANDS)
+  return [(f"${gold}$ {word}", f"{gold}\\{cmd}{{ {word}}}")]
+
+
+def unit_last_digit(gold: str, rng: random.Random) -> list[str]:
+  """A near miss with a unit: the number's last digit changed, a unit in a text command after."""
+  if _number(gold) is None or "\\$" in gold:
+    return []
+  return [f"{v}\\{rng.choice(UNIT_COMMANDS)}{{ {rng.choice(_UNIT_WORDS)}}}"
+          for v in last_digit(gold)]
+
+
+# Nested radicals, fractions and powers, two or three levels deep, with positive parameters
+# a..e: raising any one of them changes the value (every shape is strictly monotone in each).
+# `deepest` names the parameter at the greatest depth.
+NESTED_SHAPES = (
+    ("\\frac{\\sqrt{\\sqrt{%(a)d}+\\sqrt{%(b)d}}}{%(c)d\\sqrt{%(d)d}+%(e)d}", "b"),
+    ("\\sqrt{%(a)d+\\sqrt{%(b)d+%(c)d\\sqrt{%(d)d}}}+%(e)d", "d"),
+    ("(%(a)d+\\sqrt{%(b)d})^{%(c)d}+%(d)d\\sqrt{%(e)d+\\sqrt{2}}", "e"),
+    ("\\frac{%(a)d+\\sqrt{%(b)d}}{\\sqrt{%(c)d}+\\sqrt{%(d)d+\\sqrt{%(e)d}}}", "e"),
+    ("%(a)d^{\\sqrt{%(b)d}+%(c)d}+\\sqrt{%(d)d+%(e)d\\sqrt{3}}", "b"),
+)
+
+
+def _nested(rng: random.Random) -> tuple[str, dict[str, int], str]:
+  shape, deepest = rng.choice(NESTED_SHAPES)
+  params = {k: rng.randint(2, 19) for k in "abcde"}
+  return shape, params, deepest
+
+
+def _reordered(expr: str) -> str:
+  """Sums and products reversed at every depth."""
+  out = _rewrite(expr, _reverse_sum)
+  return _rewrite(out, _reverse_product)
+
+
+def nested_reordered(gold: str, rng: random.Random) -> list[tuple[str, str]]:
+  """(gold, answer): a nested expression drawn per gold (NESTED_SHAPES), answered with the
+  operands of its sums and products reversed at every depth."""
+  shape, params, _ = _nested(rng)
+  expr = shape % params
+  return [(expr, _reordered(expr))]
+
+
+def nested_near_miss(gold: str, rng: random.Random) -> list[tuple[str, str]]:
+  """(gold, answer): the same drawn expression, reordered, with its deepest parameter raised
+  by one: a different value that only a numeric or symbolic check can tell."""
+  shape, params, deepest = _nested(rng)
+  return [(shape % params, _reordered(shape % dict(params, **{deepest: params[deepest] + 1})))]
+
+
 def dfrac(gold: str) -> list[str]:
   if "\\dfrac" in gold:
     return [gold.replace("\\dfrac", "\\frac")]
@@ -141,8 +209,8 @@ def left_right(gold: str) -> list[str]:
 
 
 _SUM_BLOCKERS = re.compile(r"\\pm|\\mp|<|>|\\[lg]eq?(?![a-z])|\\cup|\\cap|\\in(?![a-z])|&|\\\\|"
-                           r"\\text|\\mbox|\\mathrm|:|;|\\%|%|\\circ|\\infty|\\begin|\\!|\\,|"
-                           r"\\\{|\\\}|\\operatorname|'|\|")
+                           r":|;|\\%|%|\\circ|\\infty|\\begin|\\!|\\,|\\\{|\\\}|'|\||" +
+                           command_pattern(TEXT_COMMANDS))
 _UNARY_BEFORE = set("^_({[,=+-*/") | {""}
 
 
@@ -214,8 +282,8 @@ def _groups(s: str) -> list[tuple[int, int]]:
       if j is None:
         return out
       before = s[:i].rstrip()
-      if not before.endswith("_") and not re.search(r"\\(?:text|mbox|mathrm|begin|end|"
-                                                     r"operatorname)\s*$", before):
+      if not before.endswith("_") and not re.search(
+          r"(?:" + command_pattern(TEXT_COMMANDS + ("begin", "end")) + r")\s*$", before):
         end = re.search(r"\\right\s*$", s[i + 1:j])  # \left( ... \right): \right stays out
         out.append((i + 1, i + 1 + end.start() if end else j))
       i = j + 1
@@ -405,23 +473,36 @@ def sign(gold: str) -> list[str]:
 
 
 EQUAL = {"identity": lambda g, rng: [g], "separators": lambda g, rng: separators(g),
-         "currency": lambda g, rng: currency(g), "units": units,
+         "currency": lambda g, rng: currency(g), "units": units, "unit_commands": unit_commands,
          "dfrac": lambda g, rng: dfrac(g), "left_right": lambda g, rng: left_right(g),
          "sums_reordered": lambda g, rng: sums_reordered(g),
          "products_reordered": lambda g, rng: products_reordered(g)}
-UNEQUAL = {"last_digit": last_digit, "exponent": exponent, "bracket": bracket, "sign": sign}
+UNEQUAL = {"last_digit": lambda g, rng: last_digit(g), "exponent": lambda g, rng: exponent(g),
+           "bracket": lambda g, rng: bracket(g), "sign": lambda g, rng: sign(g),
+           "unit_last_digit": unit_last_digit}
+# Kinds that bring their own gold, built from the dataset's: (gold, answer) pairs.
+EQUAL_WITH_GOLD = {"units_after_math": units_after_math, "nested_reordered": nested_reordered}
+UNEQUAL_WITH_GOLD = {"nested_near_miss": nested_near_miss}
+NESTED = ("nested_reordered", "nested_near_miss")
+# The nested kinds are drawn, not read from the gold: one gold in NESTED_EVERY seeds them
+# (about a thousand pairs of each per three thousand golds), which keeps the suite's run time.
+NESTED_EVERY = 3
 
 
 def pairs_for(dataset: str, index: int, gold: str) -> list[Pair]:
   """Every pair the suite builds from one gold."""
   rng = random.Random(zlib.crc32(f"{dataset}/{index}".encode()))
   out = []
-  for name, fn in EQUAL.items():
-    for v in fn(gold, rng):
-      out.append(Pair(dataset, index, f"equal/{name}", gold, rng.choice(_CONTEXTS) % v))
-  for name, fn in UNEQUAL.items():
-    for v in fn(gold):
-      out.append(Pair(dataset, index, f"unequal/{name}", gold, rng.choice(_CONTEXTS) % v))
+  for verdict, kinds in (("equal", EQUAL), ("unequal", UNEQUAL)):
+    for name, fn in kinds.items():
+      for v in fn(gold, rng):
+        out.append(Pair(dataset, index, f"{verdict}/{name}", gold, rng.choice(_CONTEXTS) % v))
+  for verdict, kinds in (("equal", EQUAL_WITH_GOLD), ("unequal", UNEQUAL_WITH_GOLD)):
+    for name, fn in kinds.items():
+      if name in NESTED and index % NESTED_EVERY:
+        continue
+      for g, v in fn(gold, rng):
+        out.append(Pair(dataset, index, f"{verdict}/{name}", g, rng.choice(_CONTEXTS) % v))
   return out
 
 
@@ -440,15 +521,16 @@ def answer_of(pair: Pair) -> str | None:
 @dataclasses.dataclass(frozen=True)
 class Scored:
   """A pair's verdicts: the project's grader (`ours`, with a failure reason when its worker
-  timed out or raised) and plain math-verify (`plain`, likewise)."""
+  timed out or raised, and the seconds it took) and plain math-verify (`plain`, likewise)."""
   pair: Pair
   ours: bool
   plain: bool
   ours_failure: str | None = None
   plain_failure: str | None = None
+  ours_seconds: float = 0.0
 
 
-def score(pairs: Sequence[Pair], pool, timeout_s: float = 10.0) -> list[Scored]:
+def score(pairs: Sequence[Pair], pool, timeout_s: float = 5.0) -> list[Scored]:
   """Every pair graded by `grade_results` (per dataset's extraction rules) and by
   `equivalence.plain_math_verify`, both in `pool`'s worker processes."""
   from autocode_jax.grading.grader import grade_results
@@ -466,5 +548,5 @@ def score(pairs: Sequence[Pair], pool, timeout_s: float = 10.0) -> list[Scored]:
   for i, p in enumerate(pairs):
     ok, value = plain[i]
     out.append(Scored(p, ours[i].correct, bool(ok and value), ours[i].failure,
-                      None if ok else str(value)))
+                      None if ok else str(value), ours[i].seconds))
   return out

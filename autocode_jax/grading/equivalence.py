@@ -4,17 +4,21 @@ This module runs inside grader worker processes (see `pool.py`), which enforce t
 killing the process; nothing here is safe to call on untrusted input in the trainer itself.
 
 Order of decisions, each final when it decides:
-1. normalised strings equal -> equal (also covers text answers math-verify cannot parse);
+1. normalised strings equal -> equal (also covers text answers math-verify cannot parse); the
+   normalisation drops units after a number, written in any text command (TEXT_COMMANDS of
+   extract.py) or, in a gold, after the closing `$` of its math (`$40$ cm`);
 2. multiple-choice gold (a single letter A-E) -> the prediction's letter must match;
 3. a number in a stated base (52_8) -> the digits and the base must match (math-verify drops
    the subscript, so 52_9 would pass);
 4. interval-shaped answers -> their bracket kinds must match ([a,b) is never (a,b));
-5. both parse to exact numbers (no floats, no free symbols; a decimal gold is exact, so both
-   sides' decimals become rationals), or tuples / finite sets of them -> equal when the
-   difference simplifies to 0, unequal only when it is shown nonzero at 50 digits: this is
-   where math-verify's float tolerance gives false positives such as 1/2^{98} = 1/2^{99},
-   1/2006! = 1/2004! or .0000672 = .0000673; when neither is shown, math-verify decides;
-6. math-verify's `verify(gold, pred)` on the normalised, \\boxed{}-wrapped strings, after the
+5. the parsed expressions are the same up to the order of the operands of sums and products at
+   any depth (`canonical_key`) -> equal, without evaluating anything;
+6. both parse to exact numbers (no floats, no free symbols; a decimal gold is exact, so both
+   sides' decimals become rationals), or tuples / finite sets of them -> unequal when shown
+   different at 50 digits (fast, and where math-verify's float tolerance gives false positives
+   such as 1/2^{98} = 1/2^{99}, 1/2006! = 1/2004! or .0000672 = .0000673), else equal when the
+   difference simplifies to 0; when neither is shown, math-verify decides;
+7. math-verify's `verify(gold, pred)` on the normalised, \\boxed{}-wrapped strings, after the
    prediction's symbols take the assumptions of the gold's symbols of the same name (its parser
    gives the `i` of `5i` and of `i \\cdot 5` different ones, so they never compare equal).
 """
@@ -27,7 +31,9 @@ import re
 
 import sympy
 
-_TEXT_CMDS = re.compile(r"\\(?:text|textbf|mathrm|mbox|mathbf|textit|operatorname)\s*\{([^{}]*)\}")
+from autocode_jax.grading.extract import TEXT_COMMANDS, UNIT_COMMANDS, command_pattern
+
+_TEXT_CMDS = re.compile(command_pattern(TEXT_COMMANDS) + r"\s*\{([^{}]*)\}")
 # Units that may trail a number; only stripped after a number.
 _UNIT_WORDS = (r"(?:cm|mm|km|kg|mg|sec|seconds?|min|minutes?|hours?|hrs?|days?|weeks?|"
                r"years?|degrees?|dollars?|cents?|units?|sq\.?\s*units|square\s+units|inches|inch|"
@@ -38,8 +44,10 @@ _UNIT_WORDS = (r"(?:cm|mm|km|kg|mg|sec|seconds?|min|minutes?|hours?|hrs?|days?|w
 _TRAILING_UNIT = re.compile(r"^(.*?[\d}])(?:\s*(?:\\,|\\;|\\ |~)?\s*" + _UNIT_WORDS +
                             r"|(?:\s*(?:\\,|\\;|\\ |~)\s*|\s+)[mshgl])(?:\s*\^?\{?[23]\}?)?\s*$",
                             re.IGNORECASE)
-_TEXT_UNIT = re.compile(r"^(.*?[\d}])\s*(?:\\,|\\;|\\ |~)?\s*\\(?:text|mbox|mathrm)\s*"
-                        r"\{\s*[a-zA-Z][a-zA-Z.\s]*\}(?:\s*\^\s*\{?[23]\}?)?\s*$")
+_TEXT_UNIT = re.compile(r"^(.*?[\d}])\s*(?:\\,|\\;|\\ |~)?\s*" + command_pattern(UNIT_COMMANDS) +
+                        r"\s*\{\s*[a-zA-Z][a-zA-Z.\s]*\}(?:\s*\^\s*\{?[23]\}?)?\s*$")
+# Math followed by words outside it, as golds write units: `$40$ cm`, `$5$ \text{ cm}`.
+_MATH_THEN_TEXT = re.compile(r"^\$([^$]+)\$((?:[^$\d]|\^\s*\{?[23]\}?)+)$")
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 # Thousands separators that only ever separate thousands: MATH's ,\! and {,}, LaTeX thin and
 # negative thin spaces, and Unicode thin / narrow no-break / no-break spaces. A plain comma is
@@ -98,7 +106,11 @@ def _brace_fracs(s: str) -> str:
 
 def normalize(s: str) -> str:
   """Surface normalisation that never changes the mathematical value."""
-  s = s.strip().strip("$").strip()
+  s = s.strip()
+  m = _MATH_THEN_TEXT.match(s)
+  if m:  # the unit after the math, then stripped as any unit is
+    s = m.group(1).strip() + " " + m.group(2).strip()
+  s = s.strip("$").strip()
   s = _CURRENCY.sub("", s)
   s = _GROUPED.sub(lambda m: re.sub(r"\D", "", m.group()), s)
   s = re.sub(r"\\[hv]?phantom\s*(?:\{[^{}]*\}|\\[a-zA-Z]+|.)", "", s)
@@ -164,13 +176,49 @@ def shown_different(a: sympy.Expr, b: sympy.Expr, digits: int = 50) -> bool:
     return False
 
 
+def _operands(e, kind) -> list:
+  """The operands of a sum or product with nested ones of the same kind flattened into it."""
+  out = []
+  for x in e.args:
+    out += _operands(x, kind) if x.func is kind else [x]
+  return out
+
+
+def _defined(e) -> bool:
+  """False for what parses to an undefined value (5:00 parses as 5/0 = zoo, as -5:00 does):
+  two of those are not equal answers for having the same form."""
+  return not (isinstance(e, sympy.Basic) and e.has(sympy.zoo, sympy.nan))
+
+
+def canonical_key(e) -> str:
+  """A string that two expressions share when they are the same up to the order (and grouping)
+  of the operands of sums, commutative products and finite sets, at any depth: inside radicals,
+  fractions, exponents and function arguments. Nothing is evaluated, so it costs one walk of the
+  tree however large the numbers it holds."""
+  if not isinstance(e, sympy.Basic):
+    return repr(e)
+  if not e.args:
+    return sympy.srepr(e)
+  if isinstance(e, (sympy.Add, sympy.Mul)) and e.is_commutative:
+    keys = sorted(canonical_key(x) for x in _operands(e, e.func))
+  elif isinstance(e, sympy.FiniteSet):
+    keys = sorted(canonical_key(x) for x in e.args)
+  else:
+    keys = [canonical_key(x) for x in e.args]
+  return f"{type(e).__name__}({', '.join(keys)})"
+
+
 def exact_compare(a, b) -> bool | None:
   """For exact numbers (or tuples / finite sets of them): True when equal, False when shown
-  different (see `shown_different`), else None; None for anything else."""
+  different (see `shown_different`), else None; None for anything else. The cheap checks come
+  first: the same expression up to commutative reordering (`canonical_key`) is equal, a
+  difference at 50 digits is unequal; only what neither decides goes to sympy's simplify."""
   if _is_exact_number(a) and _is_exact_number(b):
-    if a == b or sympy.simplify(a - b) == 0:
+    if a == b or canonical_key(a) == canonical_key(b):
       return True
-    return False if shown_different(a, b) else None
+    if shown_different(a, b):
+      return False
+    return True if sympy.simplify(a - b) == 0 else None
   if isinstance(a, sympy.Tuple) and isinstance(b, sympy.Tuple):
     if len(a) != len(b):
       return None
@@ -278,6 +326,8 @@ def equivalent(gold: str, pred: str, timeout_s: int = 5) -> bool:
   g0, p0 = gp[0], pp[0]
   if isinstance(g0, sympy.Basic) and g0.atoms(sympy.Float):  # a decimal gold is exact
     g0, p0 = _rationalize(g0), _rationalize(p0)
+  if _defined(g0) and canonical_key(g0) == canonical_key(p0):  # the same up to reordering
+    return True
   exact = exact_compare(g0, p0)
   if exact is not None:
     return exact

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import re
 
+# LaTeX commands whose argument is text rather than math, and those of them a unit after a
+# number is written in (upright text): the one list equivalence.normalize and the agreement
+# suite read.
+TEXT_COMMANDS = ("text", "textnormal", "textrm", "textup", "textsf", "texttt", "textbf", "textit",
+                 "textmd", "mathrm", "mathbf", "mathit", "mathsf", "mathtt", "mbox", "hbox",
+                 "operatorname")
+UNIT_COMMANDS = ("text", "textnormal", "textrm", "textup", "mathrm", "mbox", "hbox",
+                 "operatorname")
+
+
+def command_pattern(names) -> str:
+  """A regex matching any of the commands `names` (longest first), backslash included."""
+  return r"\\(?:" + "|".join(sorted(names, key=len, reverse=True)) + r")(?![a-zA-Z])"
+
+
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BOX_BARE = re.compile(r"\\boxed\s+([^\s$]+)")
 _ANSWER_IS = re.compile(r"(?:final\s+)?answer\s+is\s*:?\s*(.+)", re.IGNORECASE)

@@ -28,11 +28,13 @@ def default_pool() -> GraderPool:
 
 @dataclasses.dataclass(frozen=True)
 class Grade:
-  """One graded response: `correct`, the extracted `answer` (None: nothing to grade) and, when
-  the worker could not answer, `failure`: 'timeout', 'died' or the exception it raised."""
+  """One graded response: `correct`, the extracted `answer` (None: nothing to grade), when the
+  worker could not answer, `failure`: 'timeout', 'died' or the exception it raised, and the
+  `seconds` the comparison took (the round trip to the worker; 0 when nothing was graded)."""
   correct: bool
   answer: str | None = None
   failure: str | None = None
+  seconds: float = 0.0
 
   @property
   def failure_kind(self) -> str | None:
@@ -76,7 +78,8 @@ def grade_results(responses: Sequence[str], golds: Sequence[str], dataset: str |
   todo = [i for i, p in enumerate(preds) if p is not None]
   out = [Grade(False) for _ in responses]
   results = (pool or default_pool()).map(
-      "equivalent", [(golds[i], preds[i], max(1, int(timeout_s))) for i in todo], timeout_s)
-  for i, (ok, value) in zip(todo, results):
-    out[i] = Grade(bool(ok and value), preds[i], None if ok else str(value))
+      "equivalent", [(golds[i], preds[i], max(1, int(timeout_s))) for i in todo], timeout_s,
+      seconds=True)
+  for i, (ok, value, seconds) in zip(todo, results):
+    out[i] = Grade(bool(ok and value), preds[i], None if ok else str(value), seconds)
   return out

@@ -81,8 +81,16 @@ class GraderPool:
       self._workers.append(fresh)
     return fresh
 
-  def map(self, fn: str, arg_tuples: list[tuple], timeout_s: float | None = None) -> list:
-    """`call` over many argument tuples, in parallel over the workers; results in order."""
+  def map(self, fn: str, arg_tuples: list[tuple], timeout_s: float | None = None,
+          seconds: bool = False) -> list:
+    """`call` over many argument tuples, in parallel over the workers (one thread each, so no
+    call waits for a worker); results in order. seconds: each result is (ok, value, the call's
+    wall time), the round trip to the worker included."""
+    def timed(args):
+      t0 = time.monotonic()
+      return *self.call(fn, *args, timeout_s=timeout_s), time.monotonic() - t0
+    if seconds:
+      return list(self._executor.map(timed, arg_tuples))
     return list(self._executor.map(lambda a: self.call(fn, *a, timeout_s=timeout_s), arg_tuples))
 
   def close(self) -> None:
