@@ -1,5 +1,5 @@
 """The embedded demo's comparison over seeds and plain-prompt code shares of the warm start
-(EM vs SFT+RL vs SFT, see autocode_jax/synthetic/demo.py): one Markdown table and one figure.
+(EM vs SFT+RL vs SFT, see autocode_jax/demo/driver.py): one Markdown table and one figure.
 
   python experiments/demo_sweep.py --flagfile=experiments/configs/demo.flags \
       --run_dir=/tmp/autocode_jax/sweep --sweep_seeds=0,1,2 --sweep_code_shares=0.1,0.5
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from autocode_jax import logs  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
 from autocode_jax.flagging import ConfigError, bad_flags_exit  # noqa: E402
-from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
+from autocode_jax.demo import driver as demo_lib  # noqa: E402
 
 em_flags.define_flags()
 demo_lib.define_flags(flags.FLAGS)

@@ -19,10 +19,10 @@ from autocode_jax import hostmem  # noqa: E402
 hostmem.keep_freed_memory()  # before numpy and jax start threads: see hostmem
 
 from autocode_jax import logs, rundir  # noqa: E402
+from autocode_jax.demo import driver as demo_lib  # noqa: E402
 from autocode_jax.em import flags as em_flags  # noqa: E402
 from autocode_jax.files import write_json  # noqa: E402
 from autocode_jax.flagging import bad_flags_exit  # noqa: E402
-from autocode_jax.synthetic import demo as demo_lib  # noqa: E402
 
 em_flags.define_flags()
 demo_lib.define_flags(flags.FLAGS)

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from autocode_jax.synthetic import FAMILIES
+from autocode_jax.data.synthetic import FAMILIES
 from test_logs import is_info
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -116,7 +116,7 @@ def _row(method, it, auto, cot=0.5, code=0.5, sel=0.9):
 
 
 def test_sweep_table_checks_the_issue_targets():
-  from autocode_jax.synthetic.demo import sweep_table
+  from autocode_jax.demo.driver import sweep_table
   ok = [_row(m, 0, 0.6) for m in ("em", "rl", "sft")] + [
       _row("em", 1, 0.975), _row("rl", 1, 0.875), _row("sft", 1, 0.6)]  # EM - RL = 10.0 points
   short = [_row(m, 0, 0.6) for m in ("em", "rl")] + [

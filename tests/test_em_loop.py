@@ -19,7 +19,7 @@ from absl import flags
 from autocode_jax.em import flags as em_flags
 from autocode_jax.flagging import ConfigError
 from autocode_jax.rollout.engine import derive_seed
-from autocode_jax.synthetic import demo as demo_lib
+from autocode_jax.demo import driver as demo_lib
 from test_logs import is_info
 
 REPO = pathlib.Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from autocode_jax.em import flags as em_flags
 from autocode_jax.em.config import RunConfig
 from autocode_jax.eval.harness import EvalConfig
 from autocode_jax.rollout.session import RolloutSettings
-from autocode_jax.synthetic.demo import DemoConfig
+from autocode_jax.demo.driver import DemoConfig
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
 
@@ -117,12 +117,16 @@ def test_a_config_json_of_the_former_field_names_resumes(tmp_path):
   cfg = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
                   optimizer=OptimizerConfig(optimizer="lion", lr_schedule="linear", adam_b1=0.8,
                                             adam_b2=0.9, adam_eps=1e-6, warmup_steps=1),
-                  loss=LossConfig(loss_aggregation="seq_mean"))
+                  loss=LossConfig(loss_aggregation="seq_mean"), corpus_code_share=0.3)
   old = json.loads(json.dumps(cfg.to_json()))
   renamed = {part: {v: k for k, v in table.items()} for part, table in config_lib.RENAMED.items()}
   for part, table in renamed.items():
-    old[part] = {table.get(k, k): v for k, v in old[part].items()}
+    if part:
+      old[part] = {table.get(k, k): v for k, v in old[part].items()}
+    else:  # the run's own fields
+      old = {table.get(k, k): v for k, v in old.items()}
   assert old["optimizer"]["name"] == "lion" and old["loss"]["aggregation"] == "seq_mean"
+  assert old["synthetic_code_share"] == 0.3 and "corpus_code_share" not in old
   assert config_lib.config_from_json(old) == cfg
   assert config_lib.config_from_json(cfg.to_json()) == cfg
   old["optimizer"]["nesterov"] = True

@@ -1,11 +1,9 @@
 """The imports of autocode_jax/ point down: no package imports one on its own level or above it.
 
-From the bottom: the single-file base modules; `models`, `interpreter`, `grading`; `data`;
-`rollout` and `training` (both read `data`'s records); `em` and `eval` on top, neither importing
-the other. Every import counts, those inside functions included. The generated task
-(`synthetic`) still sits across the layers (the core loop special-cases it, and its demo driver
-runs the loop); its edges are the only exceptions, listed one by one, until it becomes a
-registered dataset with the demo above `em` and `eval`.
+From the bottom: the single-file base modules; `models`, `interpreter`, `grading`; `data` (the
+generated task included, as one of its registered datasets); `rollout` and `training` (both
+read `data`'s records); `em` and `eval`, neither importing the other; `demo`, the embedded
+default's driver, on top. Every import counts, those inside functions included. No exceptions.
 """
 
 import ast
@@ -22,17 +20,7 @@ LEVELS = {
     "data": 3,
     "rollout": 4, "training": 4,
     "em": 5, "eval": 5,
-}
-# (importer, imported) pairs allowed against the levels: the generated task's, only.
-EXCEPTIONS = {
-    ("em", "synthetic"),         # em.loop / em.plan / em.config special-case the task
-    ("synthetic", "data"),       # the task builds Query records and prompts
-    ("synthetic", "files"),
-    ("synthetic", "flagging"),
-    ("synthetic", "training"),   # the demo driver, which runs the loop
-    ("synthetic", "em"),
-    ("synthetic", "eval"),
-    ("synthetic", "grading"),
+    "demo": 6,
 }
 
 
@@ -74,7 +62,7 @@ def violations(root: pathlib.Path) -> list[str]:
       continue
     src = package_of(path, root)
     for dst, line in imports(path, root):
-      if dst == src or (src, dst) in EXCEPTIONS:
+      if dst == src:
         continue
       where = f"{path.relative_to(root.parent)}:{line}"
       if src not in LEVELS or dst not in LEVELS:
@@ -89,15 +77,6 @@ def test_every_import_points_down():
   assert len(list(PACKAGE.rglob("*.py"))) > 40  # the walk found the package
   bad = violations(PACKAGE)
   assert not bad, "imports that do not point down:\n" + "\n".join(bad)
-
-
-def test_the_exceptions_are_all_still_needed():
-  """An exception nothing uses any more is removed from the list."""
-  used = set()
-  for path in PACKAGE.rglob("*.py"):
-    src = package_of(path, PACKAGE)
-    used |= {(src, dst) for dst, _ in imports(path, PACKAGE) if (src, dst) in EXCEPTIONS}
-  assert used == EXCEPTIONS
 
 
 def _package(tmp_path, files: dict[str, str]) -> pathlib.Path:
@@ -118,7 +97,9 @@ def _package(tmp_path, files: dict[str, str]) -> pathlib.Path:
     ("rollout/session.py", "import autocode_jax.training.step\n",
      "autocode_jax/rollout/session.py:1: rollout (level 4) imports training (level 4)"),
     ("models/hf.py", "from autocode_jax.demo import driver\n",
-     "autocode_jax/models/hf.py:1: models imports demo, and demo has no level in LEVELS"),
+     "autocode_jax/models/hf.py:1: models (level 2) imports demo (level 6)"),
+    ("models/hf.py", "from autocode_jax.extras import x\n",
+     "autocode_jax/models/hf.py:1: models imports extras, and extras has no level in LEVELS"),
 ])
 def test_an_import_that_points_up_fails_naming_file_line_and_packages(tmp_path, module, text,
                                                                       expected):

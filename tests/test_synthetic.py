@@ -9,7 +9,7 @@ import pytest
 from autocode_jax.grading.grader import grade_batch
 from autocode_jax.grading.pool import GraderPool
 from autocode_jax.interpreter import Sandbox
-from autocode_jax.synthetic import EVAL, FAMILIES, TRAIN, WINNER, generate, split_problems
+from autocode_jax.data.synthetic import EVAL, FAMILIES, TRAIN, WINNER, generate, split_problems
 from autocode_jax.rollout.tool_loop import code_cells
 
 
@@ -54,8 +54,8 @@ def test_answers_are_right_by_the_grader_and_by_the_reference_code(problems):
 
 def test_tokenizer_is_built_locally_and_round_trips(problems, tmp_path):
   from autocode_jax.models import load_tokenizer
-  from autocode_jax.synthetic.corpus import tokenizer_texts
-  from autocode_jax.synthetic.tokenizer import build_tokenizer
+  from autocode_jax.data.synthetic.corpus import tokenizer_texts
+  from autocode_jax.data.synthetic.tokenizer import build_tokenizer
   texts = tokenizer_texts(problems)
   a = build_tokenizer(texts, str(tmp_path / "a"), vocab_size=400)
   b = build_tokenizer(texts, str(tmp_path / "b"), vocab_size=400)
@@ -75,7 +75,7 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   from autocode_jax.data.prompts import CODE_PREFIX, MODE_INSTRUCTIONS
   from autocode_jax.data.sft import sft_records
   from autocode_jax.models import load_tokenizer
-  from autocode_jax.synthetic.corpus import warm_start_examples
+  from autocode_jax.data.synthetic.corpus import warm_start_examples
   ex = warm_start_examples(problems, seed=1, code_share=0.5)
   assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1, code_share=0.5)
   auto = [e for e in ex if e.mode == "auto"]

@@ -1,5 +1,9 @@
-"""Loaders for the six benchmarks and the MATH / GSM8K train sets, from a directory of jsonl
-files laid out like `shared/data`, with schema checks whose errors name file, line and field."""
+"""The dataset registry: the six benchmarks and the MATH / GSM8K train sets, read from a
+directory of jsonl files laid out like `shared/data` with schema checks whose errors name file,
+line and field; and the generated task of the CPU default (`synthetic`, data/synthetic), made
+by code. Registering a dataset here (its queries, gold and grading rules, and where it has one
+its SFT corpus) is all the training loop and evaluation need: they ask `sample_queries` and
+`sft_examples` by name."""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ import os
 import re
 from typing import Callable
 
-from autocode_jax.data.records import Query
+from autocode_jax.data import synthetic
+from autocode_jax.data.records import Query, SftExample
+from autocode_jax.data.sampling import stratified_sample
 from autocode_jax.files import DataError, json_object
 from autocode_jax.grading.extract import normalize_gold
 
@@ -22,6 +28,17 @@ class _Spec:
   level: Callable[[dict], int | None] = lambda r: None
   gold_as: str = ""               # normalize_gold's dataset name, default: the dataset's
   solution: Callable[[dict], str | None] = lambda r: None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Generated:
+  """A dataset made by code, nothing on disk (`path` empty): make(n, split, task_seed) -> the
+  first n queries of a split ("train" or "eval", disjoint); corpus(queries, n, task_seed, seed,
+  code_share) -> the SFT examples of training queries drawn from the first n."""
+  make: Callable[[int, str, int], list[Query]]
+  corpus: Callable[..., list[SftExample]] | None = None
+  path: str = ""
+  gold_as: str = ""               # grading rules: the dataset's own
 
 
 def _math_level(value) -> int | None:
@@ -42,7 +59,7 @@ def _olympiad_problem(r: dict) -> str:
   return f"{r['context']}\n\n{r['question']}" if r.get("context") else r["question"]
 
 
-DATASETS: dict[str, _Spec] = {
+DATASETS: dict[str, _Spec | _Generated] = {
     "gsm8k": _Spec("gsm8k/test.jsonl", {"question": (str,), "answer": (str,)},
                    lambda r: r["question"], lambda r, i: f"gsm8k/test/{r.get('idx', i)}"),
     "math500": _Spec("math500/test.jsonl",
@@ -66,6 +83,7 @@ DATASETS: dict[str, _Spec] = {
     "gsm8k_train": _Spec("gsm8k/train.jsonl", {"question": (str,), "answer": (str,)},
                          lambda r: r["question"], lambda r, i: f"gsm8k/train/{i}",
                          gold_as="gsm8k", solution=_gsm8k_solution),
+    synthetic.SOURCE: _Generated(synthetic.queries, synthetic.corpus),
 }
 BENCHMARKS = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24", "amc23")
 TRAIN_SETS = ("math_train", "gsm8k_train")
@@ -84,10 +102,11 @@ def read_jsonl(path: str) -> list[tuple[int, dict]]:
 
 
 def load_dataset(name: str, data_dir: str, *, raw_gold: bool = False) -> list[Query]:
-  """The queries of dataset `name` (one of DATASETS) read from `data_dir`/<its path>."""
-  if name not in DATASETS:
-    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-  spec = DATASETS[name]
+  """The queries of dataset `name` (one of DATASETS, read from disk) from `data_dir`/<its
+  path>."""
+  spec = _spec(name)
+  if isinstance(spec, _Generated):
+    raise DataError(f"{name} is generated, not read: use sample_queries with a count")
   path = os.path.join(data_dir, spec.path)
   queries, seen = [], set()
   for index, (lineno, rec) in enumerate(read_jsonl(path)):
@@ -109,3 +128,43 @@ def load_dataset(name: str, data_dir: str, *, raw_gold: bool = False) -> list[Qu
     queries.append(Query(id=qid, problem=spec.problem(rec), gold=gold, level=spec.level(rec),
                          source=name, solution=spec.solution(rec)))
   return queries
+
+
+def _spec(name: str) -> _Spec | _Generated:
+  if name not in DATASETS:
+    raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+  return DATASETS[name]
+
+
+def is_generated(name: str) -> bool:
+  return isinstance(_spec(name), _Generated)
+
+
+def sample_queries(name: str, data_dir: str, n: int, *, split: str = "train", seed: int = 0,
+                   task_seed: int = 0) -> list[Query]:
+  """n queries of a dataset. Read from disk: all of them (n = 0), or a sample stratified by
+  level, a deterministic function of `seed`. Generated: the first n of the split ("train" or
+  "eval") under `task_seed`; n must be given. ValueError when n cannot be served."""
+  spec = _spec(name)
+  if isinstance(spec, _Generated):
+    if n <= 0:
+      raise ValueError(f"{name} is generated: give the number of queries")
+    return spec.make(n, split, task_seed)
+  pool = load_dataset(name, data_dir)
+  n = n or len(pool)
+  if n > len(pool):
+    raise ValueError(f"{n} > the {len(pool)} queries of {name}")
+  return stratified_sample(pool, n, seed=seed) if n < len(pool) else pool
+
+
+def sft_examples(name: str, queries: list[Query], *, n: int = 0, task_seed: int = 0,
+                 seed: int = 0, code_share: float = 0.0) -> list[SftExample]:
+  """The SFT examples of `queries` of dataset `name`: their given solutions (under the plain
+  prompt), or a generated dataset's corpus (its first n training problems under task_seed,
+  drawn with `seed`; `code_share`: the share of plain-prompt answers that use code)."""
+  spec = _spec(name)
+  if isinstance(spec, _Generated):
+    if spec.corpus is None:
+      raise ValueError(f"{name} has no SFT corpus")
+    return spec.corpus(queries, n, task_seed, seed, code_share)
+  return [SftExample(q, q.solution or "") for q in queries]

@@ -24,12 +24,9 @@ import time
 import jax
 import numpy as np
 
-from autocode_jax.data.datasets import load_dataset
+from autocode_jax.data.datasets import sample_queries, sft_examples
 from autocode_jax.data.dtrain import TrainRecord, in_query_order, read_dtrain, write_records
-from autocode_jax.data.records import SftExample
-from autocode_jax.data.sampling import stratified_sample
 from autocode_jax.data.sft import sft_records
-from autocode_jax import synthetic
 from autocode_jax.em import explore, mstep
 from autocode_jax.em.config import ConfigError, RunConfig, config_from_json, resume_conflicts
 from autocode_jax.em.metrics import MetricsWriter
@@ -140,10 +137,9 @@ class Runner:
     self.shard = f".p{self.pid}"
     _prepare_run_dir(cfg)
     self.tokenizer = load_tokenizer(cfg.tokenizer_dir or cfg.init_from)
-    self.queries = load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries",
-                                synthetic.TRAIN)
-    self.eval_queries = (load_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size",
-                                      synthetic.EVAL) if cfg.eval_set else [])
+    self.queries = load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", "train")
+    self.eval_queries = (load_queries(cfg, cfg.eval_set, cfg.eval_size, "eval_size", "eval")
+                         if cfg.eval_set else [])
     self.num_iterations = iteration_plan(len(self.queries), cfg.queries_per_iteration, cfg.epochs)
     self.policy = Policy.build(cfg, self.tokenizer)
     from autocode_jax.training.checkpoint import Checkpointer
@@ -327,32 +323,23 @@ class Runner:
     return summary
 
 
-def load_queries(cfg: RunConfig, name: str, n: int, field: str, split: int) -> list:
-  """n queries of a dataset (0: all; fewer: a seeded sample stratified by level), or of the
-  synthetic task (split synthetic.TRAIN or synthetic.EVAL: disjoint seeds)."""
-  if name == synthetic.SOURCE:
-    if not n:
-      raise ConfigError(field, "the synthetic task needs an explicit number of problems")
-    return [p.query() for p in synthetic.split_problems(n, cfg.task_seed, split)]
-  pool = load_dataset(name, cfg.data_dir)
-  n = n or len(pool)
-  if n > len(pool):
-    raise ConfigError(field, f"{n} > the {len(pool)} queries of {name}")
-  return stratified_sample(pool, n, seed=cfg.seed) if n < len(pool) else pool
+def load_queries(cfg: RunConfig, name: str, n: int, field: str, split: str) -> list:
+  """n queries of a registered dataset (data.sample_queries: read ones sampled by level with
+  the run's seed, 0: all; generated ones made for `split`, "train" or "eval", under task_seed);
+  a count it cannot serve is a ConfigError naming `field`."""
+  try:
+    return sample_queries(name, cfg.data_dir, n, split=split, seed=cfg.seed,
+                          task_seed=cfg.task_seed)
+  except ValueError as e:
+    raise ConfigError(field, str(e)) from None
 
 
 def sft_dtrain(cfg: RunConfig, tokenizer, queries: list, iteration: int,
                stops) -> list[TrainRecord]:
-  """The sft baseline's D_train records of `queries`: their given solutions, or on the synthetic
-  task its warm-start corpus (synthetic.corpus)."""
-  if cfg.train_set == synthetic.SOURCE:
-    problems = synthetic.split_problems(cfg.num_queries, cfg.task_seed, synthetic.TRAIN)
-    by_id = {p.id: p for p in problems}
-    examples = synthetic.warm_start_examples([by_id[q.id] for q in queries],
-                                             seed=cfg.seed + iteration,
-                                             code_share=cfg.synthetic_code_share)
-  else:
-    examples = [SftExample(q, q.solution or "") for q in queries]
+  """The sft baseline's D_train records of `queries`: their dataset's SFT examples
+  (data.sft_examples: given solutions, or a generated dataset's corpus)."""
+  examples = sft_examples(cfg.train_set, queries, n=cfg.num_queries, task_seed=cfg.task_seed,
+                          seed=cfg.seed + iteration, code_share=cfg.corpus_code_share)
   return sft_records(tokenizer, cfg.template, examples, iteration,
                      session_lib.end_id(tokenizer, cfg.template, stops))
 

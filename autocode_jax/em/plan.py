@@ -105,12 +105,11 @@ def sequence_lengths(cfg, tokenizer, length: int = 0) -> dict:
   """The longest train row of the run (tokens before padding) and its prompt: the longest
   prompt of the run's queries plus max_tokens (capped at vllm_max_model_len under vLLM), or
   for sft its longest prompt + solution; `length` overrides the train row."""
-  from autocode_jax import synthetic
   from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
   from autocode_jax.em import loop
   from autocode_jax.em.policy import model_config
   from autocode_jax.rollout.session import stop_ids
-  queries = loop.load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", synthetic.TRAIN)
+  queries = loop.load_queries(cfg, cfg.train_set, cfg.num_queries, "num_queries", "train")
   if cfg.algorithm == "sft":
     stops = stop_ids(tokenizer, model_config(cfg, tokenizer), cfg.template)
     recs = loop.sft_dtrain(cfg, tokenizer, queries, 0, stops)

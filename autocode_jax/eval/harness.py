@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from autocode_jax.data.datasets import DATASETS, load_dataset
+from autocode_jax.data.datasets import DATASETS, is_generated, load_dataset, sample_queries
 from autocode_jax.data.prompts import MODES, TEMPLATES
 from autocode_jax.data.sampling import stratified_sample
 from autocode_jax.eval import report
@@ -67,6 +67,8 @@ class EvalConfig:
     for f in ("samples", "max_tokens"):
       need(getattr(self, f) > 0, f, "must be positive")
     need(self.limit >= 0, "limit", "must be >= 0")
+    need(self.limit > 0 or not any(is_generated(b) for b in self.benchmarks), "limit",
+         "a generated benchmark needs a number of queries")
     need(self.sample_temperature > 0, "sample_temperature", "must be positive")
 
 
@@ -79,13 +81,15 @@ def validate_paths(cfg: EvalConfig) -> None:
     tokenizer_files(cfg.tokenizer_dir or cfg.model_dir)
   except TokenizerError as e:
     raise ConfigError("tokenizer_dir" if cfg.tokenizer_dir else "model_dir", str(e)) from None
-  for name in cfg.benchmarks:
+  for name in (b for b in cfg.benchmarks if not is_generated(b)):
     path = os.path.join(cfg.data_dir, DATASETS[name].path)
     if not os.path.isfile(path):
       raise ConfigError("benchmarks", f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")
 
 
 def _queries(cfg: EvalConfig, name: str):
+  if is_generated(name):  # its evaluation split (the first `limit` problems, task seed 0)
+    return sample_queries(name, cfg.data_dir, cfg.limit, split="eval")
   qs = load_dataset(name, cfg.data_dir)
   if cfg.limit and cfg.limit < len(qs):
     qs = stratified_sample(qs, cfg.limit, seed=cfg.seed)

@@ -124,9 +124,16 @@ def generate(n: int, seed: int = 0, families: Sequence[str] = FAMILIES) -> list[
 
 
 TRAIN, EVAL = 0, 1
+SPLITS = {"train": TRAIN, "eval": EVAL}
 
 
 def split_problems(n: int, task_seed: int, split: int) -> list[Problem]:
   """The first n problems of a run's training (split TRAIN) or evaluation (split EVAL) set under
   its task_seed; the two splits use disjoint generator seeds."""
   return generate(n, seed=2 * task_seed + split)
+
+
+def queries(n: int, split: str, task_seed: int) -> list[Query]:
+  """The queries of the first n problems of a split ("train" or "eval"): what the dataset
+  registry serves (data.sample_queries)."""
+  return [p.query() for p in split_problems(n, task_seed, SPLITS[split])]

@@ -17,13 +17,14 @@ import numpy as np
 
 from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
 from autocode_jax.data.records import SftExample
-from autocode_jax.synthetic.task import Problem
+from autocode_jax.data.records import Query
+from autocode_jax.data.synthetic.task import TRAIN, Problem, split_problems
 
 
 def warm_start_examples(problems: Sequence[Problem], seed: int, *,
                         code_share: float) -> list[SftExample]:
   """Two examples per problem (see the module docstring); `code_share` is
-  RunConfig.synthetic_code_share."""
+  RunConfig.corpus_code_share."""
   if not 0 <= code_share <= 1:
     raise ValueError(f"code_share={code_share}: must be in [0, 1]")
   out = []
@@ -36,6 +37,14 @@ def warm_start_examples(problems: Sequence[Problem], seed: int, *,
       out.append(SftExample(q, p.plain, "auto"))
     out.append(SftExample(q, p.code, "code") if i % 2 else SftExample(q, p.plain, "cot"))
   return out
+
+
+def corpus(queries: Sequence[Query], n: int, task_seed: int, seed: int,
+           code_share: float) -> list[SftExample]:
+  """The warm-start examples of training `queries` (drawn from the first n problems of the
+  train split under task_seed): the SFT corpus the dataset registry serves (data.sft_examples)."""
+  by_id = {p.id: p for p in split_problems(n, task_seed, TRAIN)}
+  return warm_start_examples([by_id[q.id] for q in queries], seed=seed, code_share=code_share)
 
 
 def tokenizer_texts(problems: Sequence[Problem]) -> list[str]:

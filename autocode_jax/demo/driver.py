@@ -2,7 +2,7 @@
 
 1. Build the task's tokenizer from its training problems into --tokenizer_dir (kept if there).
 2. Warm-start a small random model by SFT on the mixed plain / code corpus (run_dir/warm), so
-   that it can do both and, under the plain prompt, uses code in a `synthetic_code_share` of
+   that it can do both and, under the plain prompt, uses code in a `corpus_code_share` of
    its answers whatever the problem.
 3. From that checkpoint, run each method (run_dir/<method>), evaluating every iteration in the
    three prompt modes: EM and the on-policy RL baseline with the same rollout budget per query
@@ -23,7 +23,9 @@ import os
 
 import numpy as np
 
-from autocode_jax import flagging, synthetic
+from autocode_jax import flagging
+from autocode_jax.data import synthetic
+from autocode_jax.data.synthetic.tokenizer import build_tokenizer
 from autocode_jax.em import mstep
 from autocode_jax.em.config import RunConfig
 from autocode_jax.em.metrics import read_metrics
@@ -31,7 +33,6 @@ from autocode_jax.eval import report
 from autocode_jax.files import write_json
 from autocode_jax.flagging import ConfigError, option
 from autocode_jax.grading.metrics import autocode_analysis
-from autocode_jax.synthetic.tokenizer import build_tokenizer
 from autocode_jax.training.step import LossConfig
 
 METHODS = ("em", "rl", "sft")
@@ -264,7 +265,7 @@ def run_demo(cfg: RunConfig, demo: DemoConfig, log=print, digest: bool = False) 
   if hists:
     report.plot_invocation_hist(hists, os.path.join(cfg.run_dir, "invocation_hist.png"),
                                 "code-invocation rate per query (auto, greedy)")
-  share = f"{100 * cfg.synthetic_code_share:.0f}%"
+  share = f"{100 * cfg.corpus_code_share:.0f}%"
   report.plot_series({"": comparison_points(rows)}, os.path.join(cfg.run_dir, "comparison.png"),
                      xlabel="rollouts consumed", ylabel="auto accuracy (%)",
                      title=f"EM vs SFT+RL vs SFT from one warm start (plain-prompt code share "
@@ -330,7 +331,7 @@ def run_sweep(cfg: RunConfig, demo: DemoConfig, seeds, shares, log=print) -> lis
   results = []
   for share in shares:
     for seed in seeds:
-      sub = dataclasses.replace(cfg, seed=seed, synthetic_code_share=share,
+      sub = dataclasses.replace(cfg, seed=seed, corpus_code_share=share,
                                 run_dir=os.path.join(cfg.run_dir, f"share{share:g}_seed{seed}"))
       log(f"=== plain-prompt code share {share:g}, seed {seed}: {sub.run_dir}")
       results.append({"code_share": share, "seed": seed,
