@@ -4,12 +4,21 @@ and errors only, unless a run asks for their INFO lines with --verbose (or absl'
 An entry point calls `define_flags()` with its other flags and `configure_from_flags()` first
 thing in main, after absl has parsed the flags (absl's app.run sets its own verbosity then, so
 a default set before it does not hold) and before vLLM or transformers are imported (their
-levels come from the environment)."""
+levels come from the environment).
+
+Around a quiet run, `divert(path)` sends what the libraries report while failing to a log file
+instead of the terminal: their ERROR records and the tracebacks their threads print (a failed
+checkpoint write prints one per writer thread), so that the run ends with the one line of
+rundir.errors_exit; warnings stay on the terminal, and an error in our own code still prints
+its traceback there once the run unwinds."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import sys
 
 from absl import flags
 from absl import logging as absl_logging
@@ -59,8 +68,120 @@ def configure(verbose: bool = False, absl_verbosity: int | None = None) -> None:
       handler.addFilter(_FILTER)
 
 
+def verbose_from_flags(fv: flags.FlagValues = flags.FLAGS) -> bool:
+  """--verbose, or absl's -v >= 0 given on the command line."""
+  return fv["verbose"].value or (fv["verbosity"].present and fv["verbosity"].value >= 0)
+
+
 def configure_from_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
   """configure() from --verbose, or from absl's -v where given on the command line."""
   explicit = fv["verbosity"].present
-  verbose = fv["verbose"].value or (explicit and fv["verbosity"].value >= 0)
-  configure(verbose, fv["verbosity"].value if explicit else None)
+  configure(verbose_from_flags(fv), fv["verbosity"].value if explicit else None)
+
+
+_OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep  # autocode_jax/
+
+
+class _LibraryErrorsTo(logging.Filter):
+  """Diverts ERROR records from library code (outside autocode_jax) to `log`."""
+
+  def __init__(self, log):
+    super().__init__()
+    self.log = log
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno < logging.ERROR or record.pathname.startswith(_OURS):
+      return True
+    _write(self.log, logging.Formatter("%(levelname)s %(asctime)s %(pathname)s:%(lineno)d] "
+                                       "%(message)s").format(record) + "\n")
+    return False
+
+
+def _write(log, text: str) -> None:
+  try:
+    log.write(text)
+    log.flush()
+  except (OSError, ValueError):  # on a full disk: the run's one terminal line names it
+    pass
+
+
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+class _Diverter(io.TextIOBase):
+  """sys.stderr during a quiet run: a traceback block (from `Traceback (most recent call
+  last):` to its exception line) goes to `log`, every other line to `terminal`."""
+
+  def __init__(self, terminal, log):
+    self.terminal, self.log = terminal, log
+    self._pending, self._in_traceback, self._after = "", False, False
+
+  def write(self, text: str) -> int:
+    self._pending += text
+    *lines, self._pending = self._pending.split("\n")
+    for line in lines:
+      self._line(line)
+    if (self._pending and not self._in_traceback
+        and not _TRACEBACK.startswith(self._pending)):  # a progress bar's \r update: now
+      self._after = False
+      self.terminal.write(self._pending)
+      self.terminal.flush()
+      self._pending = ""
+    return len(text)
+
+  def _line(self, line: str) -> None:
+    if line.startswith(_TRACEBACK):
+      self._in_traceback = True
+    if self._in_traceback:
+      _write(self.log, line + "\n")
+      if line[:1] not in ("", " ", "\t") and not line.startswith("Traceback"):
+        self._in_traceback, self._after = False, True  # its exception line ends the block
+    elif self._after and (not line.strip() or line.startswith(("During handling",
+                                                                "The above exception"))):
+      _write(self.log, line + "\n")  # between the tracebacks of a chain
+    else:
+      self._after = False
+      self.terminal.write(line + "\n")
+      self.terminal.flush()
+
+  def flush(self) -> None:
+    if self._pending and not self._in_traceback:
+      self.terminal.write(self._pending)
+      self._pending = ""
+    self.terminal.flush()
+
+  @property
+  def encoding(self) -> str:
+    return getattr(self.terminal, "encoding", None) or "utf-8"
+
+  def isatty(self) -> bool:
+    return self.terminal.isatty()
+
+  def fileno(self) -> int:
+    return self.terminal.fileno()
+
+
+@contextlib.contextmanager
+def divert(path: str):
+  """While the block runs: library ERROR records and printed tracebacks go to `path`
+  (appended; dropped when it cannot be written), the rest of stderr to the terminal."""
+  try:
+    log = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
+  except OSError:
+    log = io.StringIO()
+  terminal = sys.stderr
+  handlers = list(logging.getLogger().handlers)
+  filt = _LibraryErrorsTo(log)
+  diverter = _Diverter(terminal, log)
+  for h in handlers:
+    h.addFilter(filt)
+  sys.stderr = diverter
+  try:
+    yield
+  finally:
+    diverter.flush()
+    sys.stderr = terminal
+    for h in handlers:
+      h.removeFilter(filt)
+    with contextlib.suppress(OSError):
+      log.close()

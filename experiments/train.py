@@ -7,6 +7,7 @@ host (jax.distributed.initialize runs first; the coordinator flags are needed on
 cannot detect the cluster, e.g. several processes on one machine).
 """
 
+import contextlib
 import os
 import sys
 
@@ -70,10 +71,13 @@ def main(argv):
   from autocode_jax.em.loop import run
   # Some bad flags are found once the run dir and data are read; a held run dir, bad data and a
   # full disk end the run with one line (rundir.errors_exit).
-  with bad_flags_exit("train.py"), rundir.errors_exit("train.py", cfg.run_dir, FLAGS.verbose):
+  verbose = logs.verbose_from_flags(FLAGS)
+  with bad_flags_exit("train.py"), rundir.errors_exit("train.py", cfg.run_dir, verbose):
     plan.check_engine_devices(cfg, jax.devices()[0].platform, jax.local_device_count(),
                               FLAGS.distributed)
-    with rundir.hold(cfg.run_dir, jax.process_index()):  # before the run writes anything
+    with rundir.hold(cfg.run_dir, jax.process_index()), (  # before the run writes anything
+        contextlib.nullcontext() if verbose else logs.divert(
+            os.path.join(cfg.run_dir, f"libraries.p{jax.process_index()}.log"))):
       if demo is not None:
         summary = demo_lib.run_demo(cfg, demo, digest=FLAGS.params_digest)["finals"]
       else:

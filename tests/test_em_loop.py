@@ -200,6 +200,8 @@ def test_a_full_disk_is_one_line_and_the_run_resumes(reference, tmp_path):
     assert last.startswith(f"train.py: no space left on device writing {run_dir}/checkpoints"), last
     assert "MiB free; the write needed" in last and "rerun the same command to resume" in last
     assert "autocode_jax" not in p.stderr  # no traceback through our code
+    assert p.stderr.strip().splitlines() == [last]  # nothing else: the libraries' lines went
+    assert "No space left on device" in (run_dir / "libraries.p0.log").read_text()
     subprocess.run(["mount", "-o", "remount,size=512m", str(small)], check=True)
     _train(run_dir)
     assert _final(run_dir)["params_sha256"] == _final(ref_dir)["params_sha256"]

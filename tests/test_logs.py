@@ -52,3 +52,42 @@ def test_library_info_lines_only_when_asked(tmp_path, args, verbose):
     assert any("checkpoint" in line for line in info), lines
   else:
     assert not info, info
+
+
+def test_divert_sends_library_errors_and_tracebacks_to_the_log(tmp_path, capsys):
+  """Around a quiet run: a library's ERROR record and a traceback printed by a library thread
+  go to the log file; warnings, our own records and other lines stay on the terminal; sys.stderr
+  and the handlers are restored, also when the block raises (Python then prints our traceback
+  on the terminal)."""
+  import io
+  import logging
+  from autocode_jax import logs
+  seen = io.StringIO()
+  handler = logging.StreamHandler(seen)
+  root = logging.getLogger()
+  root.addHandler(handler)
+  path = tmp_path / "libraries.log"
+  ours = str(REPO / "autocode_jax" / "em" / "loop.py")
+  try:
+    before = sys.stderr
+    with pytest.raises(KeyError):
+      with logs.divert(str(path)):
+        logging.getLogger("orbax").error("Save Finalize thread failed")  # from this file
+        logging.getLogger("orbax").warning("a library warning")
+        root.handle(root.makeRecord("autocode_jax", logging.ERROR, ours, 1, "our error", (), None))
+        sys.stderr.write("Traceback (most recent call last):\n  File \"base_events.py\", line 1"
+                         "\nRuntimeError: Event loop is closed\n")
+        sys.stderr.write("progress 50%\n")
+        raise KeyError("ours")
+    assert sys.stderr is before and not any(isinstance(f, logs._LibraryErrorsTo)
+                                            for f in handler.filters)
+  finally:
+    root.removeHandler(handler)
+  log = path.read_text()
+  assert "Save Finalize thread failed" in log and "Event loop is closed" in log
+  assert "a library warning" not in log and "our error" not in log and "progress" not in log
+  shown = seen.getvalue()
+  assert "a library warning" in shown and "our error" in shown
+  assert "Save Finalize" not in shown
+  err = capsys.readouterr().err
+  assert "progress 50%" in err and "Traceback" not in err

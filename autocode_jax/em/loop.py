@@ -10,6 +10,8 @@ Run directory:
   iterations/<i>/        dtrain.p<k>.jsonl, queries.p<k>.jsonl (per host k), behaviour.npz,
                          eval.p<k>.jsonl
   metrics.jsonl          every event; tensorboard/ when asked
+  libraries.p<k>.log     (experiments/train.py without --verbose) the libraries' errors and
+                         tracebacks, kept off the terminal (logs.divert)
 Phases of iteration i: estep -> behaviour -> mstep -> export -> eval. A phase is redone after a
 crash only from its last durable point: E-step chunks on disk are kept, an M-step restarts from
 its last checkpoint, and a finished phase is never repeated.
