@@ -91,3 +91,16 @@ def test_eval_script_rejects_bad_flags(args, flag, tmp_path):
                      text=True, timeout=120)
   assert p.returncode == 2 and flag in p.stderr, p.stderr[-2000:]
   assert not os.path.exists(tmp_path / "o")
+
+
+def test_a_generated_benchmark_is_served_by_the_registry(shared_dir):
+  """--benchmarks=synthetic needs --limit (a bad flag naming it otherwise); with one, its
+  evaluation split comes from the registry, nothing read from data_dir."""
+  from autocode_jax.flagging import ConfigError
+  with pytest.raises(ConfigError, match="^limit: a generated benchmark needs a number"):
+    harness.EvalConfig(model_dir="m", out_dir="o", benchmarks=("synthetic",))
+  cfg = harness.EvalConfig(model_dir="m", out_dir="o", benchmarks=("synthetic", "aime24"),
+                           limit=5, data_dir=str(shared_dir / "data"))
+  qs = harness._queries(cfg, "synthetic")
+  assert len(qs) == 5 and all(q.source == "synthetic" for q in qs)
+  assert len(harness._queries(cfg, "aime24")) == 5
