@@ -40,6 +40,16 @@ def requirer(config):
   return need
 
 
+def check_choices(config) -> None:
+  """ConfigError naming the first field whose value is not one of its option's `choices`: the
+  one check every config's enum fields get (a config is also built without flags)."""
+  need = requirer(config)
+  for f in dataclasses.fields(config):
+    if f.metadata.get("choices"):
+      need(getattr(config, f.name) in f.metadata["choices"], f.name,
+           f"expected one of {f.metadata['choices']}")
+
+
 def flag_value(config, name: str):
   """The value of flag `name` in a config: its field, or a field of a nested config."""
   if name in {f.name for f in dataclasses.fields(config)}:

@@ -82,6 +82,9 @@ def configure_from_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 _OURS = os.path.dirname(os.path.abspath(__file__)) + os.sep  # autocode_jax/
 
 
+_LOG_FORMAT = logging.Formatter("%(levelname)s %(asctime)s %(pathname)s:%(lineno)d] %(message)s")
+
+
 class _LibraryErrorsTo(logging.Filter):
   """Diverts ERROR records from library code (outside autocode_jax) to `log`."""
 
@@ -92,8 +95,7 @@ class _LibraryErrorsTo(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or record.pathname.startswith(_OURS):
       return True
-    _write(self.log, logging.Formatter("%(levelname)s %(asctime)s %(pathname)s:%(lineno)d] "
-                                       "%(message)s").format(record) + "\n")
+    _write(self.log, _LOG_FORMAT.format(record) + "\n")
     return False
 
 

@@ -39,6 +39,7 @@ def test_the_registry_serves_read_and_generated_datasets_alike(data_dir):
   assert len(sample_queries("aime24", data_dir, 0)) == 30
   with pytest.raises(ValueError, match="31 > the 30 queries of aime24"):
     sample_queries("aime24", data_dir, 31)
+  assert len(sample_queries("aime24", data_dir, 31, at_most=True)) == 30  # eval.py's --limit
   train = sample_queries("synthetic", data_dir, 10, task_seed=2)
   assert [q.id for q in train] == [p.id for p in synthetic.split_problems(10, 2, synthetic.TRAIN)]
   evals = sample_queries("synthetic", data_dir, 10, split="eval", task_seed=2)

@@ -96,6 +96,20 @@ def test_training_and_evaluation_share_one_rollout_settings_record():
     RunConfig(**RUN, rollout=RolloutSettings(engine="vllm", vllm_gpu_memory_utilization=0.95))
 
 
+@pytest.mark.parametrize("build, flag", [
+    (lambda: RunConfig(**RUN, algorithm="ppo"), "algorithm"),
+    (lambda: RunConfig(**RUN, template="alpaca"), "template"),
+    (lambda: EvalConfig(**EVAL, template="alpaca"), "template"),
+    (lambda: RolloutSettings(engine="tgi"), "engine"),
+    (lambda: OptimizerConfig(lr_schedule="step"), "lr_schedule"),
+    (lambda: LossConfig(ratio_level="batch"), "ratio_level"),
+])
+def test_a_value_outside_an_options_choices_is_refused_built_without_flags(build, flag):
+  """flagging.check_choices: every config's enum fields, checked by one mechanism."""
+  with pytest.raises(flagging.ConfigError, match=f"^{flag}: expected one of \\("):
+    build()
+
+
 def test_the_algorithm_decides_the_loss_in_one_place():
   base = RunConfig(run_dir="r", model_preset="tiny-qwen2", tokenizer_dir="t",
                    loss=LossConfig(ce_coef=0.7))

@@ -89,8 +89,9 @@ BENCHMARKS = ("gsm8k", "math500", "gaokao2023en", "olympiadbench", "aime24", "am
 TRAIN_SETS = ("math_train", "gsm8k_train")
 
 
-def read_jsonl(path: str) -> list[tuple[int, dict]]:
-  """(1-based line number, object) of every non-blank line; errors name file and line."""
+def _published_lines(path: str) -> list[tuple[int, dict]]:
+  """(1-based line number, object) of every non-blank line of a published file (its last line
+  may lack a newline, unlike files.JsonlStore's torn line); errors name file and line."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   out = []
@@ -109,7 +110,7 @@ def load_dataset(name: str, data_dir: str, *, raw_gold: bool = False) -> list[Qu
     raise DataError(f"{name} is generated, not read: use sample_queries with a count")
   path = os.path.join(data_dir, spec.path)
   queries, seen = [], set()
-  for index, (lineno, rec) in enumerate(read_jsonl(path)):
+  for index, (lineno, rec) in enumerate(_published_lines(path)):
     where = f"{path}:{lineno}"
     for field, types in spec.fields.items():
       if field not in rec:
@@ -141,10 +142,11 @@ def is_generated(name: str) -> bool:
 
 
 def sample_queries(name: str, data_dir: str, n: int, *, split: str = "train", seed: int = 0,
-                   task_seed: int = 0) -> list[Query]:
+                   task_seed: int = 0, at_most: bool = False) -> list[Query]:
   """n queries of a dataset. Read from disk: all of them (n = 0), or a sample stratified by
   level, a deterministic function of `seed`. Generated: the first n of the split ("train" or
-  "eval") under `task_seed`; n must be given. ValueError when n cannot be served."""
+  "eval") under `task_seed`; n must be given. ValueError when n cannot be served; with
+  at_most, more than a read dataset holds gives all of it."""
   spec = _spec(name)
   if isinstance(spec, _Generated):
     if n <= 0:
@@ -152,9 +154,17 @@ def sample_queries(name: str, data_dir: str, n: int, *, split: str = "train", se
     return spec.make(n, split, task_seed)
   pool = load_dataset(name, data_dir)
   n = n or len(pool)
+  if at_most:
+    n = min(n, len(pool))
   if n > len(pool):
     raise ValueError(f"{n} > the {len(pool)} queries of {name}")
   return stratified_sample(pool, n, seed=seed) if n < len(pool) else pool
+
+
+def grading_rules(source: str) -> str:
+  """The extraction rules a query's answers are graded under: its dataset's (gsm8k_train grades
+  as gsm8k); a source outside the registry, its own name."""
+  return DATASETS[source].gold_as or source if source in DATASETS else source
 
 
 def sft_examples(name: str, queries: list[Query], *, n: int = 0, task_seed: int = 0,

@@ -20,7 +20,6 @@ MODE_INSTRUCTIONS = {
 }
 MODES = tuple(MODE_INSTRUCTIONS)
 PROBES = ("vanilla", "code_prefix")
-TEMPLATES = ("chat", "plain")  # instruct models' chat template; base models' plain text
 
 
 @dataclasses.dataclass(frozen=True)

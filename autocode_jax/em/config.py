@@ -12,10 +12,11 @@ import importlib.util
 import os
 
 from autocode_jax import flagging
-from autocode_jax.data.datasets import DATASETS
-from autocode_jax.data.prompts import MODES, TEMPLATES
-from autocode_jax.flagging import ConfigError, option, required, requirer
+from autocode_jax.data.datasets import DATASETS, is_generated
+from autocode_jax.data.prompts import MODES
+from autocode_jax.flagging import ConfigError, check_choices, option, required, requirer
 from autocode_jax.models.config import PRESET_NAMES
+from autocode_jax.models.tokenizer import TEMPLATES
 from autocode_jax.rollout.session import RolloutSettings
 from autocode_jax.training.optimizers import OptimizerConfig
 from autocode_jax.training.step import LossConfig
@@ -138,7 +139,7 @@ class RunConfig:
   def __post_init__(self):
     need = requirer(self)
     need(bool(self.run_dir), "run_dir", "a directory for checkpoints and data is required")
-    need(self.algorithm in ALGORITHMS, "algorithm", f"expected one of {ALGORITHMS}")
+    check_choices(self)  # algorithm, template
     # The loss follows the algorithm, decided here only: sft trains on given solutions; rl has
     # no decision term (its D_train carries no s*; the --ce_coef flag is refused for it).
     kind = "sft" if self.algorithm == "sft" else "policy"
@@ -151,7 +152,6 @@ class RunConfig:
          f"expected one of {PRESET_NAMES}")
     need(bool(self.init_from or self.tokenizer_dir), "tokenizer_dir",
          "a random-init model_preset needs a tokenizer_dir")
-    need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")
     sets = tuple(DATASETS)
     need(self.train_set in sets, "train_set", f"expected one of {sets}")
     need(self.eval_set in sets + ("",), "eval_set", f"expected '' or one of {sets}")
@@ -215,7 +215,7 @@ def validate_paths(cfg: RunConfig, plan_only: bool = False) -> None:
   except TokenizerError as e:
     raise ConfigError("tokenizer_dir" if cfg.tokenizer_dir else "init_from", str(e)) from None
   for field, name in (("train_set", cfg.train_set), ("eval_set", cfg.eval_set)):
-    if name and DATASETS[name].path:  # read from disk, not generated
+    if name and not is_generated(name):
       path = os.path.join(cfg.data_dir, DATASETS[name].path)
       if not os.path.isfile(path):
         raise ConfigError(field, f"{name}: {path} does not exist (data_dir={cfg.data_dir!r})")

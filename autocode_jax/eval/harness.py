@@ -11,13 +11,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from autocode_jax.data.datasets import DATASETS, is_generated, load_dataset, sample_queries
-from autocode_jax.data.prompts import MODES, TEMPLATES
-from autocode_jax.data.sampling import stratified_sample
+from autocode_jax.data.datasets import DATASETS, is_generated, sample_queries
+from autocode_jax.data.prompts import MODES
 from autocode_jax.eval import report
 from autocode_jax.files import read_jsonl, write_jsonl
-from autocode_jax.flagging import ConfigError, option, required, requirer
+from autocode_jax.flagging import ConfigError, check_choices, option, required, requirer
 from autocode_jax.grading.metrics import autocode_analysis, grader_note, result_rows
+from autocode_jax.models.tokenizer import TEMPLATES
 from autocode_jax.rollout.session import RolloutSettings, open_session
 
 
@@ -57,7 +57,7 @@ class EvalConfig:
     need = requirer(self)
     need(bool(self.model_dir), "model_dir", "a HuggingFace model directory is required")
     need(bool(self.out_dir), "out_dir", "an output directory is required")
-    need(self.template in TEMPLATES, "template", f"expected one of {TEMPLATES}")
+    check_choices(self)  # template
     need(bool(self.benchmarks) and all(b in DATASETS for b in self.benchmarks), "benchmarks",
          f"expected names from {tuple(DATASETS)}")
     need(all(b in DATASETS for b in self.sampled_benchmarks), "sampled_benchmarks",
@@ -88,12 +88,10 @@ def validate_paths(cfg: EvalConfig) -> None:
 
 
 def _queries(cfg: EvalConfig, name: str):
-  if is_generated(name):  # its evaluation split (the first `limit` problems, task seed 0)
-    return sample_queries(name, cfg.data_dir, cfg.limit, split="eval")
-  qs = load_dataset(name, cfg.data_dir)
-  if cfg.limit and cfg.limit < len(qs):
-    qs = stratified_sample(qs, cfg.limit, seed=cfg.seed)
-  return qs
+  """At most `limit` queries of a benchmark (0: all), a seeded sample stratified by level; of a
+  generated one, its evaluation split (task seed 0)."""
+  return sample_queries(name, cfg.data_dir, cfg.limit, split="eval", seed=cfg.seed,
+                        at_most=True)
 
 
 def evaluate(cfg: EvalConfig, log=print) -> dict:

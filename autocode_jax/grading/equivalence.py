@@ -11,13 +11,14 @@ Order of decisions, each final when it decides:
 3. a number in a stated base (52_8) -> the digits and the base must match (math-verify drops
    the subscript, so 52_9 would pass);
 4. interval-shaped answers -> their bracket kinds must match ([a,b) is never (a,b));
-5. the parsed expressions are the same up to the order of the operands of sums and products at
-   any depth (`canonical_key`) -> equal, without evaluating anything;
-6. both parse to exact numbers (no floats, no free symbols; a decimal gold is exact, so both
-   sides' decimals become rationals), or tuples / finite sets of them -> unequal when shown
-   different at 50 digits (fast, and where math-verify's float tolerance gives false positives
-   such as 1/2^{98} = 1/2^{99}, 1/2006! = 1/2004! or .0000672 = .0000673), else equal when the
-   difference simplifies to 0; when neither is shown, math-verify decides;
+5. both parse to exact numbers (no floats, no free symbols; a decimal gold is exact, so both
+   sides' decimals become rationals), or tuples / finite sets of them -> equal when the same up
+   to reordering (6.), unequal when shown different at 50 digits (fast, and where
+   math-verify's float tolerance gives false positives such as 1/2^{98} = 1/2^{99},
+   1/2006! = 1/2004! or .0000672 = .0000673), else equal when the difference simplifies to 0;
+   when none is shown, math-verify decides;
+6. otherwise, the parsed expressions are the same up to the order of the operands of sums and
+   products at any depth (`canonical_key`) -> equal, without evaluating anything;
 7. math-verify's `verify(gold, pred)` on the normalised, \\boxed{}-wrapped strings, after the
    prediction's symbols take the assumptions of the gold's symbols of the same name (its parser
    gives the `i` of `5i` and of `i \\cdot 5` different ones, so they never compare equal).
@@ -326,11 +327,11 @@ def equivalent(gold: str, pred: str, timeout_s: int = 5) -> bool:
   g0, p0 = gp[0], pp[0]
   if isinstance(g0, sympy.Basic) and g0.atoms(sympy.Float):  # a decimal gold is exact
     g0, p0 = _rationalize(g0), _rationalize(p0)
-  if _defined(g0) and canonical_key(g0) == canonical_key(p0):  # the same up to reordering
-    return True
-  exact = exact_compare(g0, p0)
+  exact = exact_compare(g0, p0)  # exact numbers: reordering included
   if exact is not None:
     return exact
+  if _defined(g0) and canonical_key(g0) == canonical_key(p0):  # the same up to reordering
+    return True
   return bool(verify(gp, pp, timeout_seconds=timeout_s, allow_set_relation_comp=True))
 
 

@@ -18,10 +18,10 @@ import collections
 import dataclasses
 from typing import Sequence
 
-from autocode_jax.data.datasets import DATASETS
+from autocode_jax.data.datasets import grading_rules
 from autocode_jax.data.prompts import CODE_PREFIX, build_prompt
 from autocode_jax.data.records import Query
-from autocode_jax.flagging import option, requirer
+from autocode_jax.flagging import check_choices, option, requirer
 from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, fence_token_ids, run_tool_loop
 
@@ -52,13 +52,11 @@ class RolloutSettings:
                                     "vllm_gpu_memory_utilization)")
 
   def __post_init__(self):
+    check_choices(self)
     need = requirer(self)
-    need(self.engine in ENGINES, "engine", f"expected one of {ENGINES}")
     need(self.max_tool_calls >= 0, "max_tool_calls", "must be >= 0")
     for f in ("sandbox_workers", "sandbox_memory_mb", "max_output_chars", "vllm_tensor_parallel",
-              "vllm_max_model_len"):
-      need(getattr(self, f) > 0, f, "must be positive")
-    for f in ("sandbox_timeout_s", "grade_timeout_s"):
+              "vllm_max_model_len", "sandbox_timeout_s", "grade_timeout_s"):
       need(getattr(self, f) > 0, f, "must be positive")
     need(self.vllm_kv_cache_mb >= 0, "vllm_kv_cache_mb", "must be >= 0")
     need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
@@ -114,7 +112,7 @@ class RolloutSession:
     from autocode_jax.grading.grader import grade_results
     by_source = collections.defaultdict(list)
     for t in trajs:
-      by_source[grading_dataset(queries[t.query_id].source)].append(t)
+      by_source[grading_rules(queries[t.query_id].source)].append(t)
     for dataset, ts in by_source.items():
       grades = grade_results([t.text for t in ts], [queries[t.query_id].gold for t in ts],
                              dataset, timeout_s=self.grade_timeout_s, pool=self.grader)
@@ -137,11 +135,6 @@ class RolloutSession:
   def close(self) -> None:
     self.sandbox.close()
     self.grader.close()
-
-
-def grading_dataset(source: str) -> str:
-  """The extraction rules a query's answers are graded under (gsm8k_train grades as gsm8k)."""
-  return DATASETS[source].gold_as or source if source in DATASETS else source
 
 
 def open_session(settings: RolloutSettings, tokenizer, model_config, *, template: str,

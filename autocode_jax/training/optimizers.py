@@ -12,7 +12,7 @@ import jax
 import optax
 from flax import nnx
 
-from autocode_jax.flagging import option, requirer
+from autocode_jax.flagging import check_choices, option, requirer
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lion", "adafactor")
 SCHEDULES = ("constant", "linear", "cosine")
@@ -38,9 +38,8 @@ class OptimizerConfig:
   max_grad_norm: float = option(1.0, "global-norm clip (0: off)")
 
   def __post_init__(self):
+    check_choices(self)
     need = requirer(self)
-    need(self.optimizer in OPTIMIZERS, "optimizer", f"expected one of {OPTIMIZERS}")
-    need(self.lr_schedule in SCHEDULES, "lr_schedule", f"expected one of {SCHEDULES}")
     need(self.learning_rate > 0, "learning_rate", "must be positive")
     need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
     need(self.lr_schedule == "constant" or self.warmup_steps < self.total_steps, "total_steps",

@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from autocode_jax.flagging import option, requirer
+from autocode_jax.flagging import check_choices, option, requirer
 from autocode_jax.models import sharding as sharding_lib
 from autocode_jax.models.transformer import token_logprobs
 from autocode_jax.training import losses
@@ -61,9 +61,7 @@ class LossConfig:
   def __post_init__(self):
     need = requirer(self)
     need(self.kind in LOSS_KINDS, "kind", f"expected one of {LOSS_KINDS}")
-    need(self.ratio_level in RATIO_LEVELS, "ratio_level", f"expected one of {RATIO_LEVELS}")
-    need(self.loss_aggregation in losses.AGGREGATIONS, "loss_aggregation",
-         f"expected one of {losses.AGGREGATIONS}")
+    check_choices(self)
     need(0 <= self.eps_low < 1, "eps_low", "must be in [0, 1)")
     need(self.eps_high >= 0, "eps_high", "must be >= 0")
     need(self.dual_clip is None or self.dual_clip > 1, "dual_clip", "must be > 1")
