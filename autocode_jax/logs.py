@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import sys
+import threading
 
 from absl import flags
 from absl import logging as absl_logging
@@ -108,49 +109,68 @@ def _write(log, text: str) -> None:
 
 
 _TRACEBACK = "Traceback (most recent call last):"
+# Lines that open a traceback block: the traceback itself, or the header Python's thread and
+# unraisable hooks print just before one.
+_OPENS = (_TRACEBACK, "Exception in thread", "Exception ignored in")
+# Lines between the tracebacks of a chain.
+_CHAIN = ("During handling of the above exception", "The above exception was the direct cause")
 
 
 class _Diverter(io.TextIOBase):
   """sys.stderr during a quiet run: a traceback block (from `Traceback (most recent call
-  last):` to its exception line) goes to `log`, every other line to `terminal`."""
+  last):`, or the header of a thread's or an unraisable exception, to its exception line, with
+  the lines that chain tracebacks) goes to `log`, every other line to `terminal`. Each thread
+  has its own state: threads that fail together print their tracebacks interleaved."""
 
   def __init__(self, terminal, log):
     self.terminal, self.log = terminal, log
-    self._pending, self._in_traceback, self._after = "", False, False
+    self._lock = threading.Lock()
+    self._state = threading.local()
+
+  def _mine(self):
+    st = self._state
+    if not hasattr(st, "pending"):
+      st.pending, st.in_traceback, st.after = "", False, False
+    return st
 
   def write(self, text: str) -> int:
-    self._pending += text
-    *lines, self._pending = self._pending.split("\n")
-    for line in lines:
-      self._line(line)
-    if (self._pending and not self._in_traceback
-        and not _TRACEBACK.startswith(self._pending)):  # a progress bar's \r update: now
-      self._after = False
-      self.terminal.write(self._pending)
-      self.terminal.flush()
-      self._pending = ""
+    st = self._mine()
+    st.pending += text
+    *lines, st.pending = st.pending.split("\n")
+    with self._lock:
+      for line in lines:
+        self._line(st, line)
+      if st.pending and not st.in_traceback and not any(
+          o.startswith(st.pending) for o in _OPENS):  # a progress bar's \r update: now
+        st.after = False
+        self._show(st.pending)
+        st.pending = ""
     return len(text)
 
-  def _line(self, line: str) -> None:
-    if line.startswith(_TRACEBACK):
-      self._in_traceback = True
-    if self._in_traceback:
+  def _line(self, st, line: str) -> None:
+    if line.startswith(_OPENS):
+      st.in_traceback = True
+    if st.in_traceback:
       _write(self.log, line + "\n")
-      if line[:1] not in ("", " ", "\t") and not line.startswith("Traceback"):
-        self._in_traceback, self._after = False, True  # its exception line ends the block
-    elif self._after and (not line.strip() or line.startswith(("During handling",
-                                                                "The above exception"))):
+      if line[:1] not in ("", " ", "\t") and not line.startswith(_OPENS + _CHAIN):
+        st.in_traceback, st.after = False, True  # its exception line ends the block
+    elif st.after and (not line.strip() or line.startswith(_CHAIN)):
       _write(self.log, line + "\n")  # between the tracebacks of a chain
     else:
-      self._after = False
-      self.terminal.write(line + "\n")
-      self.terminal.flush()
+      st.after = False
+      self._show(line + "\n")
+
+  def _show(self, text: str) -> None:
+    self.terminal.write(text)
+    self.terminal.flush()
 
   def flush(self) -> None:
-    if self._pending and not self._in_traceback:
-      self.terminal.write(self._pending)
-      self._pending = ""
-    self.terminal.flush()
+    st = self._mine()
+    with self._lock:
+      if st.pending and not st.in_traceback:
+        self._show(st.pending)
+        st.pending = ""
+      self.terminal.flush()
 
   @property
   def encoding(self) -> str:

@@ -91,3 +91,36 @@ def test_divert_sends_library_errors_and_tracebacks_to_the_log(tmp_path, capsys)
   assert "Save Finalize" not in shown
   err = capsys.readouterr().err
   assert "progress 50%" in err and "Traceback" not in err
+
+
+def test_divert_keeps_tracebacks_of_threads_failing_together_off_the_terminal(tmp_path):
+  """Writer threads that fail at once print their tracebacks interleaved line by line (the
+  full-disk run showed it): each thread's block still goes whole to the log, as does a thread
+  hook's header; a progress bar's partial line reaches the terminal at once."""
+  import io
+  import threading
+  from autocode_jax import logs
+  terminal, log = io.StringIO(), io.StringIO()
+  d = logs._Diverter(terminal, log)
+  lines = ["Traceback (most recent call last):\n", '  File "base_events.py", line 806\n',
+           "    self._check_closed()\n", "RuntimeError: Event loop is closed\n"]
+  turns = [threading.Event() for _ in range(2 * len(lines) + 1)]
+
+  def thread(k):
+    for i, line in enumerate(lines):
+      turns[2 * i + k].wait(10)
+      d.write(line)
+      turns[2 * i + k + 1].set()
+
+  threads = [threading.Thread(target=thread, args=(k,)) for k in (0, 1)]
+  for t in threads:
+    t.start()
+  turns[0].set()
+  for t in threads:
+    t.join(10)
+  d.write("Exception in thread writer:\nTraceback (most recent call last):\n  File \"x\"\n"
+          "KeyError: 1\n")
+  d.write("\riter 0 E-step: 5%")
+  assert terminal.getvalue() == "\riter 0 E-step: 5%"
+  assert log.getvalue().count("RuntimeError: Event loop is closed") == 2
+  assert "Exception in thread writer:" in log.getvalue() and "KeyError: 1" in log.getvalue()
