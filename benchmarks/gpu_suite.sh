@@ -14,9 +14,10 @@ run() {  # name, seconds, command...
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $(( $(date +%s) - t0 ))s" >> "$OUT/summary.txt"
 }
-run rollout 150 python benchmarks/rollout_bench.py
-run train_step 150 python benchmarks/train_step_bench.py
+run rollout 120 python benchmarks/rollout_bench.py
+run slots 140 python benchmarks/slot_bench.py --slots=16,32,64
+run train_step 120 python benchmarks/train_step_bench.py
 run peer 200 python "${PEER:-../shared/bench/peer_hf_torch.py}" --seq 1024 --batch 8 --gen_batches 64,256 --new 256 --json "$OUT/peer.json"
 cat "$OUT/summary.txt"
-grep -h -v "^I[0-9]\|^W[0-9]" "$OUT"/rollout.log "$OUT"/train_step.log | tail -20
+grep -h -v "^I[0-9]\|^W[0-9]" "$OUT"/rollout.log "$OUT"/slots.log "$OUT"/train_step.log | tail -24
 tail -5 "$OUT/peer.log"

@@ -13,7 +13,7 @@ from flax import nnx
 
 from autocode_jax.models import from_pretrained, make_mesh, shard_state
 from autocode_jax.rollout import JaxSampler, SamplingParams
-from autocode_jax.rollout.jax_sampler import filter_logits, sample_tokens, stop_hit
+from autocode_jax.rollout.sampling import filter_logits, sample_tokens, stop_hit
 from hf_fixtures import save_tiny
 
 PROMPTS = [[5, 17, 33, 2, 9], [100, 3], [7, 8, 9, 10, 11, 12, 13], [250]]
@@ -61,7 +61,7 @@ def test_sampled_frequencies_match_the_top_p_softmax():
 def test_gumbel_noise_is_uniform_over_a_vocabulary_and_independent_per_row():
   """The counter-hash noise: draws from equal logits are uniform over 512 tokens, and a row's
   noise is a function of its own key (another row's key changes it entirely)."""
-  from autocode_jax.rollout.jax_sampler import gumbel_noise
+  from autocode_jax.rollout.sampling import gumbel_noise
   v, n = 512, 51_200
   keys = jax.random.split(jax.random.PRNGKey(3), n)
   draws = jnp.argmax(gumbel_noise(keys, v), axis=-1)

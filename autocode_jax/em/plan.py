@@ -248,10 +248,10 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
                   "compiled"))
   kv_token = 2 * mc.num_layers * mc.num_kv_heads * mc.head_dim * jnp.dtype(mc.dtype).itemsize
   if cfg.rollout.engine == "jax" and cfg.algorithm != "sft":
-    rows = cfg.rollout_chunk * cfg.k * len(cfg.probes)
+    rows = min(cfg.rollout_chunk * cfg.k * len(cfg.probes), cfg.rollout.jax_slots)
     kv = _rows_per_device(mesh, rows) * (t + cfg.max_tokens) * kv_token
     peaks["rollouts"] = param_b + opt_b + kv
-    lines.append((f"built-in sampler KV cache: {rows} rows x {t + cfg.max_tokens} slots",
+    lines.append((f"built-in sampler KV cache: {rows} slots x {t + cfg.max_tokens} positions",
                   kv, "estimated (KV cache only)"))
   which = max(peaks, key=peaks.get)
   jax_peak = peaks[which]
@@ -263,7 +263,8 @@ def memory_plan(cfg, tokenizer, device_gib: float, devices=None, length: int = 0
   if jax_peak > jax_share:
     fix = {"train step": f"lower --micro_batch_size (now {micro})",
            "behaviour pass": f"lower --logprob_batch_size (now {cfg.logprob_batch_size})",
-           "rollouts": f"lower --rollout_chunk (now {cfg.rollout_chunk})"}[which]
+           "rollouts": f"lower --jax_slots (now {cfg.rollout.jax_slots}) or --rollout_chunk "
+                       f"(now {cfg.rollout_chunk})"}[which]
     shortfalls.append(f"the {which} needs {jax_peak / GiB:.2f} GiB per device, JAX's share is "
                       f"{jax_share / GiB:.2f} GiB: short by {(jax_peak - jax_share) / GiB:.2f} "
                       f"GiB at {t} tokens; {fix}, or give JAX more (--jax_memory_fraction)")

@@ -289,6 +289,29 @@ class Transformer(nnx.Module):
                             cache_visible)
     return self._logits(h, last_only), _write(cache, k, v, new_valid)
 
+  def extend(self, tokens_bt, positions_bt, cache: KVCache | None = None, cache_visible_bs=None,
+             attention_mask_bt=None, at_b=None):
+    """T new tokens per row after that row's cached ones, writing nothing: the rollout slots'
+    step (rollout/slots.py), whose rows each sit at their own position in the cache.
+
+    cache: the rows' cached keys and values (None: nothing cached, a fresh prefill); the new
+    tokens attend to the slots where cache_visible_bs [B, S] is True, and causally to each other
+    except padding (attention_mask_bt 0). Returns fp32 logits [B, V] at position at_b [B] of
+    each row (default the last), and the new tokens' keys and values [L, B, K, T, E] (per layer
+    when unrolled) for the caller to write where it keeps them.
+    """
+    b, t = tokens_bt.shape
+    new_valid = _mask(attention_mask_bt, b, t)
+    cache_visible = None
+    if cache is not None:
+      cache_visible = jnp.broadcast_to(cache_visible_bs[:, None, :],
+                                       (b, t, cache_visible_bs.shape[1]))
+    h, kv = self._trunk(tokens_bt, positions_bt, _causal(new_valid, b, t), cache, cache_visible,
+                        return_kv=True)
+    if at_b is not None:
+      h = jnp.take_along_axis(h, at_b[:, None, None], axis=1)
+    return self._logits(h, last_only=True)[:, 0], kv
+
   def _logits(self, h_btd, last_only: bool):
     h = h_btd[:, -1:] if last_only else h_btd
     return jnp.einsum("btd,dv->btv", h, self._unembed(), preferred_element_type=jnp.float32)

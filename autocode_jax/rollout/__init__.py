@@ -2,3 +2,4 @@
 
 from autocode_jax.rollout.engine import STOP_REASONS, Completion, RolloutEngine, SamplingParams
 from autocode_jax.rollout.jax_sampler import JaxSampler
+from autocode_jax.rollout.slots import SlotBatch

@@ -1,9 +1,10 @@
 """`JaxSampler`: the built-in rollout engine on the Flax model (CPU, GPU, TPU; sharded).
 
-Prompts are left-padded into a few length buckets and rows into batch buckets, so calls that fit
-the same buckets reuse one compiled program; prefill fills a preallocated KV cache, then a jitted
-`while_loop` samples one token per step, detects EOS and multi-token stop sequences on device and
-exits as soon as every row is done.
+`generate` runs on the rollout slots (`rollout/slots.py`): each row takes a decode slot with its
+own KV cache row, a finished row frees its slot at once for a waiting one, and the programs'
+shapes are fixed by the slot count and the cache length, so calls that fit the same buckets reuse
+them. `generate_static` keeps the static batch (every row in one left-padded batch until the
+longest ends): the benchmark's reference.
 """
 
 from __future__ import annotations
@@ -17,166 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from autocode_jax.rollout import slots as slots_lib
 from autocode_jax.rollout.engine import Completion, SamplingParams
+from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_hit
+from autocode_jax.rollout.slots import REASONS, SlotBatch, bucket, pow2
 
 _PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
-_REASON = {0: "length", 1: "eos", 2: "stop"}
-
-
-def _bucket(n: int, buckets: Sequence[int]) -> int:
-  for b in buckets:
-    if n <= b:
-      return b
-  return -(-n // buckets[-1]) * buckets[-1]
-
-
-def _pow2(n: int, floor: int = 1) -> int:
-  return max(floor, 1 << (max(n, 1) - 1).bit_length())
-
-
-def _largest_threshold(pred, lo_b1, hi_b1, iters: int = 40):
-  """Per row, the largest t in [lo, hi] with pred(t) (pred decreasing in t; lo if none), by
-  bisection. 40 halvings take any float32 logit range to adjacent floats."""
-  def body(_, c):
-    lo, hi = c
-    mid = 0.5 * (lo + hi)
-    ok = pred(mid)
-    return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-  lo, hi = jax.lax.fori_loop(0, iters, body, (lo_b1, hi_b1))
-  return jnp.where(pred(hi), hi, lo)
-
-
-def nucleus_min(scaled_bv, top_p, lo_b1, hi_b1, max_iters: int = 40):
-  """Per row, the smallest logit of the top-p nucleus: the largest t with
-  mass{scaled >= t} >= top_p, by bisection over [lo, hi] (the row's finite min and max).
-
-  It stops as soon as no row has a logit strictly between its lo and hi: the nucleus is then
-  exactly {scaled >= lo} (its smallest logit lies in [lo, hi), and none lies inside), so a flat
-  8K-token distribution takes ~15 halvings and a peaked one a handful, not all 40; each halving
-  is one pass over the logits (the mass at the midpoint and the counts of logits on either
-  side of it together). A row whose most likely token alone holds top_p keeps just that token.
-  """
-  probs = jax.nn.softmax(scaled_bv, axis=-1)
-
-  def mass_at_least(t):
-    return jnp.sum(jnp.where(scaled_bv >= t, probs, 0.0), -1, keepdims=True)
-
-  done_b1 = mass_at_least(hi_b1) >= top_p
-
-  def cond(c):
-    i, _, _, open_ = c
-    return (i < max_iters) & open_
-
-  def body(c):
-    i, lo, hi, _ = c
-    mid = 0.5 * (lo + hi)
-    ge = scaled_bv >= mid
-    # One variadic reduction, so one pass: the mass at mid, the logits in (lo, mid), (mid, hi).
-    mass, below, above = jax.lax.reduce(
-        (jnp.where(ge, probs, 0.0), ((scaled_bv > lo) & ~ge).astype(jnp.int32),
-         ((scaled_bv > mid) & (scaled_bv < hi)).astype(jnp.int32)),
-        (jnp.float32(0), jnp.int32(0), jnp.int32(0)),
-        lambda x, y: (x[0] + y[0], x[1] + y[1], x[2] + y[2]), (1,))
-    ok = (mass >= top_p)[:, None]
-    lo, hi = jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-    inside = jnp.where(ok, above[:, None], below[:, None]) > 0
-    return i + 1, lo, hi, jnp.any(inside & ~done_b1)
-
-  _, lo, hi, _ = jax.lax.while_loop(cond, body, (jnp.int32(0), lo_b1, hi_b1, ~jnp.all(done_b1)))
-  return jnp.where(done_b1 | (mass_at_least(hi) >= top_p), hi, lo)
-
-
-def filter_logits(logits_bv, temperature, top_p, top_k, candidates: int = 256):
-  """Logits of the sampling distribution: divided by temperature, then the top-k and the
-  smallest top-p nucleus kept (the most likely token always survives); others -inf.
-
-  No full sort (XLA's CPU sort of a 150K vocabulary costs ~1 s per step) and no top-k pass
-  unless top_k is set: the k-th largest logit comes from the top `candidates` logits when
-  k <= candidates, else from bisection (the largest t with #{logits >= t} >= k); the nucleus
-  from `nucleus_min`.
-  """
-  v = logits_bv.shape[-1]
-  c = min(candidates, v)
-  scaled = logits_bv / jnp.maximum(temperature, 1e-6)
-  lo = jnp.min(jnp.where(jnp.isfinite(scaled), scaled, jnp.inf), axis=-1, keepdims=True)
-  hi = jnp.max(scaled, axis=-1, keepdims=True)
-  k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
-
-  def kth_exact():
-    cand = jax.lax.top_k(scaled, c)[0]  # [B, C], descending
-    return jnp.take_along_axis(cand, jnp.full((cand.shape[0], 1), jnp.minimum(k, c) - 1), -1)
-
-  def kth_bisect():
-    return _largest_threshold(lambda t: jnp.sum(scaled >= t, -1, keepdims=True) >= k, lo, hi)
-
-  kth = jax.lax.cond(top_k > 0, lambda: jax.lax.cond(k <= c, kth_exact, kth_bisect), lambda: lo)
-  top = jax.lax.cond(top_p < 1, lambda: nucleus_min(scaled, top_p, lo, hi), lambda: lo)
-  keep = (scaled >= kth) & (scaled >= top)
-  return jnp.where(keep, scaled, -jnp.inf)
-
-
-def _fmix32(h):
-  """MurmurHash3's 32-bit finaliser: a bijection of uint32 with full avalanche."""
-  h = h ^ (h >> 16)
-  h = h * jnp.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
-  h = h * jnp.uint32(0xC2B2AE35)
-  return h ^ (h >> 16)
-
-
-def gumbel_noise(keys_b, v: int):
-  """[B, V] standard Gumbel noise, entry (b, i) a function of row b's key and i alone: a counter
-  hash (two rounds of _fmix32 over the index and the key's two words) read as a uniform in
-  (0, 1) with 24 bits, like jax.random.uniform's. On a CPU it costs a quarter of threefry's
-  V draws per row, which made the draw twice as slow."""
-  if jnp.issubdtype(keys_b.dtype, jax.dtypes.prng_key):
-    keys_b = jax.random.key_data(keys_b)
-  k = keys_b.astype(jnp.uint32)
-  index = jnp.arange(v, dtype=jnp.uint32)[None, :]
-  h = _fmix32(_fmix32(index ^ k[:, :1]) + k[:, 1:2] * jnp.uint32(0x9E3779B9))
-  u = (h >> 8).astype(jnp.float32) * (2.0 ** -24) + 2.0 ** -25
-  return -jnp.log(-jnp.log(u))
-
-
-def sample_tokens(logits_bv, keys_b, temperature, top_p, top_k, greedy: bool | None = None):
-  """Next tokens [B]: argmax when temperature == 0, else a draw from filter_logits, row b with
-  its own key keys_b[b] (so a row's draws do not depend on the other rows). `greedy` (static)
-  says which in advance, so the program holds one of the two; None decides on device."""
-  def draw():
-    # Gumbel-max: argmax(logits + Gumbel noise) is a draw from softmax(logits). The inverse CDF
-    # (one uniform per row) is cheaper, but its draw moves whenever a token at a lower index
-    # enters or leaves the nucleus or rounding shifts the CDF: with logits perturbed by 1e-6
-    # (what another batch composition, device layout or host count does) it drew another token
-    # for 1.9% of rows of a near-uniform 150K vocabulary; Gumbel-max for none of 2,048 (it
-    # moves only on a near tie of the two largest perturbed logits).
-    filtered = filter_logits(logits_bv, temperature, top_p, top_k)
-    noise = gumbel_noise(keys_b, filtered.shape[-1])
-    return jnp.argmax(filtered + noise, axis=-1).astype(jnp.int32)
-
-  greedy_tokens = lambda: jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
-  if greedy is not None:
-    return greedy_tokens() if greedy else draw()
-  return jax.lax.cond(temperature == 0, greedy_tokens, draw)
-
-
-@jax.jit
-def _row_keys(seeds_b, index_b):
-  return jax.vmap(lambda s, j: jax.random.fold_in(jax.random.PRNGKey(s), j))(seeds_b, index_b)
-
-
-def stop_hit(out_bm, length_b, stops_sl, stop_lens_s):
-  """[B] bool: the last tokens generated (out[:, :length]) end with one of the stop sequences.
-  stops_sl are right-aligned and left-padded with -1 to a common length L."""
-  if stops_sl.shape[0] == 0:
-    return jnp.zeros(out_bm.shape[0], bool)
-  l = stops_sl.shape[1]
-  idx = length_b[:, None] - l + jnp.arange(l)[None, :]  # [B, L] positions of the window
-  window = jnp.where(idx >= 0, jnp.take_along_axis(out_bm, jnp.maximum(idx, 0), 1), -2)
-  pos = jnp.arange(l)[None, :] >= (l - stop_lens_s)[:, None]  # [S, L] real part of each stop
-  match = (window[:, None, :] == stops_sl[None]) | ~pos[None]
-  long_enough = length_b[:, None] >= stop_lens_s[None, :]
-  return jnp.any(jnp.all(match, axis=-1) & long_enough, axis=-1)
 
 
 _TRACES = 0  # generation programs traced, all samplers together
@@ -228,37 +75,74 @@ def _generate(graphdef, pad_id, state, tokens_bp, mask_bp, stops_sl, stop_lens_s
 
 
 class JaxSampler:
-  """Rollouts on the Flax model. `update(state)` swaps in new weights (same structure)."""
+  """Rollouts on the Flax model. `update(state)` swaps in new weights (same structure).
+
+  max_slots: the most decode slots a `generate` call uses (fewer when it has fewer rows); rows
+  beyond them wait for a finished row's slot. chunk: decode steps per host round trip."""
 
   def __init__(self, model, mesh=None, pad_id: int = 0, prompt_buckets=_PROMPT_BUCKETS,
-               min_batch: int = 8):
+               min_batch: int = 8, max_slots: int = 1024, chunk: int = 32):
     self.graphdef, self.state = nnx.split(model)
     self.config = model.config
     self.mesh, self.pad_id = mesh, pad_id
     self.prompt_buckets, self.min_batch = tuple(prompt_buckets), min_batch
+    self.max_slots, self.chunk = max_slots, chunk
 
   @property
   def traces(self) -> int:
     """How often generation programs were traced, by all samplers (tests check reuse)."""
-    return _TRACES
+    return _TRACES + sum(slots_lib.TRACES.values())
+
+  @property
+  def shards(self) -> int:
+    """Devices the batch axis is split over (1 without a mesh)."""
+    return 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
 
   def update(self, state) -> None:
     self.state = state
 
-  def program_call(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-                   seeds: Sequence[int] | None = None) -> tuple[tuple, dict]:
-    """The (args, static kwargs) of the generation program `_generate` for these prompts, padded
-    to their buckets (what `generate` runs; benchmarks profile it)."""
+  def slot_batch(self, params: SamplingParams, *, slots: int, max_len: int,
+                 fence_ids: Sequence[int] = ()) -> SlotBatch:
+    """A SlotBatch of `slots` decode slots of `max_len` positions on this sampler's weights."""
+    return SlotBatch(self, params, slots=slots, max_len=max_len, fence_ids=fence_ids,
+                     chunk=self.chunk)
+
+  def _rows(self, prompts, params, seeds):
     if seeds is not None and len(seeds) != len(prompts):
       raise ValueError(f"JaxSampler.generate: {len(seeds)} seeds for {len(prompts)} prompts")
     rows = [list(p) for p in prompts for _ in range(params.n)]
     if not rows or any(len(r) == 0 for r in rows):
       raise ValueError("JaxSampler.generate: every prompt needs at least one token")
-    p = _bucket(max(len(r) for r in rows), self.prompt_buckets)
-    b = _pow2(len(rows), self.min_batch)
-    if self.mesh is not None:
-      shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-      b = -(-b // shards) * shards
+    prompt_seeds = [params.seed + p for p in range(len(prompts))] if seeds is None else seeds
+    row_seeds = [int(prompt_seeds[i // params.n]) % 2**32 for i in range(len(rows))]
+    return rows, row_seeds
+
+  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
+    prompt p's seed is params.seed + p. Rows share min(max_slots, rows) decode slots (rounded
+    up to a power of two) of prompt bucket + max_tokens bucket positions."""
+    rows, row_seeds = self._rows(prompts, params, seeds)
+    max_len = (bucket(max(len(r) for r in rows), self.prompt_buckets)
+               + pow2(params.max_tokens, 16))
+    batch = self.slot_batch(params, slots=min(pow2(len(rows), self.min_batch), self.max_slots),
+                            max_len=max_len)
+    for i, (r, seed) in enumerate(zip(rows, row_seeds)):
+      batch.submit(i, r, seed=seed, sample=i % params.n, budget=params.max_tokens)
+    done: list[Completion | None] = [None] * len(rows)
+    while batch.busy:
+      for i, comp in batch.run():
+        done[i] = comp
+        batch.release(i)
+    return [done[p * params.n:(p + 1) * params.n] for p in range(len(prompts))]
+
+  def program_call(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                   seeds: Sequence[int] | None = None) -> tuple[tuple, dict]:
+    """The (args, static kwargs) of the static-batch program `_generate` for these prompts,
+    padded to their buckets (what `generate_static` runs; benchmarks profile it)."""
+    rows, row_seeds = self._rows(prompts, params, seeds)
+    p = bucket(max(len(r) for r in rows), self.prompt_buckets)
+    b = -(-pow2(len(rows), self.min_batch) // self.shards) * self.shards
     tokens = np.full((b, p), self.pad_id, np.int32)
     mask = np.zeros((b, p), np.int32)
     for i, r in enumerate(rows):
@@ -275,21 +159,19 @@ class JaxSampler:
     banned = np.zeros((self.config.vocab_size,), bool)
     if params.banned_token_ids:
       banned[np.asarray(params.banned_token_ids)] = True
-    prompt_seeds = [params.seed + p for p in range(len(prompts))] if seeds is None else seeds
-    row_seeds = np.zeros((b,), np.uint32)
-    row_seeds[:len(rows)] = np.repeat(np.asarray(prompt_seeds, np.int64) % 2**32, params.n)
-    keys = _row_keys(row_seeds, np.arange(b, dtype=np.int32) % params.n)
-    max_new = _pow2(params.max_tokens, 16)
+    seeds_b = np.zeros((b,), np.uint32)
+    seeds_b[:len(rows)] = row_seeds
+    keys = row_keys(seeds_b, np.arange(b, dtype=np.int32) % params.n)
+    max_new = pow2(params.max_tokens, 16)
     greedy = bool(params.temperature == 0)  # greedy programs hold no sampling filter
     args = (self.graphdef, self.pad_id, self.state, tokens, mask, stops, stop_lens, eos, banned,
             keys, jnp.float32(params.temperature), jnp.float32(params.top_p),
             jnp.int32(params.top_k), jnp.int32(params.max_tokens), live)
     return args, {"max_new": max_new, "greedy": greedy}
 
-  def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
-               seeds: Sequence[int] | None = None) -> list[list[Completion]]:
-    """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
-    prompt p's seed is params.seed + p."""
+  def generate_static(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
+                      seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+    """`generate` as one static batch: every row computes until the longest row ends."""
     args, kw = self.program_call(prompts, params, seeds)
     with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
       out, lps, reason, length = _generate(*args, **kw)
@@ -298,7 +180,7 @@ class JaxSampler:
     for i in range(len(prompts) * params.n):
       r, n = int(reason[i]), int(length[i])
       comp = Completion(tuple(int(t) for t in out[i, :n]), tuple(float(x) for x in lps[i, :n]),
-                        _REASON[r])
+                        REASONS[r])
       if i % params.n == 0:
         results.append([])
       results[-1].append(comp)

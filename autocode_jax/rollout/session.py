@@ -44,6 +44,9 @@ class RolloutSettings:
   sandbox_memory_mb: int = option(1024, "address-space limit per execution")
   max_output_chars: int = option(512, "interpreter output shown to the model at most")
   grade_timeout_s: float = option(5.0, "seconds per answer comparison")
+  jax_slots: int = option(1024, "built-in sampler: decode slots at most (rows beyond them wait "
+                                "for a finished row's slot)")
+  jax_chunk: int = option(32, "built-in sampler: decode steps per host round trip")
   vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
   vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
   vllm_max_model_len: int = option(4096, "vLLM max_model_len")
@@ -56,7 +59,8 @@ class RolloutSettings:
     need = requirer(self)
     need(self.max_tool_calls >= 0, "max_tool_calls", "must be >= 0")
     for f in ("sandbox_workers", "sandbox_memory_mb", "max_output_chars", "vllm_tensor_parallel",
-              "vllm_max_model_len", "sandbox_timeout_s", "grade_timeout_s"):
+              "vllm_max_model_len", "sandbox_timeout_s", "grade_timeout_s", "jax_slots",
+              "jax_chunk"):
       need(getattr(self, f) > 0, f, "must be positive")
     need(self.vllm_kv_cache_mb >= 0, "vllm_kv_cache_mb", "must be >= 0")
     need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
@@ -155,7 +159,8 @@ def open_session(settings: RolloutSettings, tokenizer, model_config, *, template
       from autocode_jax.rollout.jax_sampler import JaxSampler
       if model is None:
         raise ValueError("open_session: engine=jax needs the model")
-      engine = JaxSampler(model, mesh=mesh, pad_id=pad_id)
+      engine = JaxSampler(model, mesh=mesh, pad_id=pad_id, max_slots=settings.jax_slots,
+                          chunk=settings.jax_chunk)
     else:
       engine = vllm_engine(settings, model_dir, dtype=dtype, seed=seed, sleep=vllm_sleep)
   except BaseException:
