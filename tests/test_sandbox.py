@@ -253,3 +253,14 @@ def test_bad_arguments_are_named():
     Sandbox(timeout_s=0)
   with pytest.raises(ValueError, match="network"):
     Sandbox(network="wifi")
+
+
+def test_submit_runs_cells_while_the_caller_goes_on(sb):
+  """`submit` returns at once with a future (the cells sleep 1 s: not done when it returns);
+  the cells run in the pool meanwhile and the results are `run`'s."""
+  start = time.monotonic()
+  futures = [sb.submit(["import time\ntime.sleep(1.0)", f"print({i} * 7)"]) for i in range(2)]
+  assert time.monotonic() - start < 0.5 and not any(f.done() for f in futures)
+  results = [f.result(timeout=30) for f in futures]
+  assert [r.status for r in results] == ["ok", "ok"]
+  assert [r.output.strip() for r in results] == ["0", "7"]

@@ -232,3 +232,39 @@ def test_generate_on_the_slots_equals_the_static_batch(model):
   for r, q in zip(slots, static):
     for c, d in zip(r, q):
       np.testing.assert_allclose(c.logprobs, d.logprobs, atol=1e-5)
+
+
+def test_the_slots_shrink_as_trajectories_end_and_tokens_stay(model):
+  """16 trajectories of budgets 8..128 in 16 slots (min_slots 1): as they end, the batch moves
+  into 4 slots or fewer (the state re-gathered, counted), and each trajectory, continuations
+  included, samples what it samples without shrinking (tokens and stop reasons identical,
+  log-probs within 1e-5)."""
+  sampler = JaxSampler(model)
+  prompts = _prompts(16, 10)
+
+  def roll(min_slots):
+    batch = sampler.slot_batch(SAMPLED, slots=16, max_len=192, fence_ids=FENCES,
+                               min_slots=min_slots)
+    for i, p in enumerate(prompts):
+      batch.submit(i, p, seed=i, budget=8 * (i + 1), fences=True)
+    out, sizes = {}, set()
+    while batch.busy:
+      for rid, comp in batch.run():
+        out.setdefault(rid, []).append(comp)
+        if len(out[rid]) == 1 and comp.stop_reason == "eos":
+          batch.resume(rid, [40, 41], seed=50 + rid, budget=10)
+        else:
+          batch.release(rid)
+      sizes.add(batch.slots)
+    return out, sizes
+
+  before = slots_lib.TRACES["repack"]
+  fixed, fixed_sizes = roll(16)
+  shrunk, sizes = roll(1)
+  assert fixed_sizes == {16} and min(sizes) <= 4 and slots_lib.TRACES["repack"] > before
+  assert sum(len(v) > 1 for v in shrunk.values()) > 0  # some trajectory was continued
+  for rid in fixed:
+    assert [(c.token_ids, c.stop_reason) for c in shrunk[rid]] == \
+        [(c.token_ids, c.stop_reason) for c in fixed[rid]]
+    for c, d in zip(shrunk[rid], fixed[rid]):
+      np.testing.assert_allclose(c.logprobs, d.logprobs, atol=1e-5)

@@ -1,11 +1,13 @@
 """The tool loop: exact cases with a scripted engine (real tokenizer, real sandbox), and an
 end-to-end run with the real tiny model and JaxSampler."""
 
+import numpy as np
 import pytest
 
 from autocode_jax.interpreter import Sandbox
 from autocode_jax.models import init_model, load_tokenizer, preset
 from autocode_jax.rollout import JaxSampler, SamplingParams
+from autocode_jax.rollout.session import RolloutSession
 from autocode_jax.rollout.tool_loop import (ROLES, Request, code_cells, fence_token_ids,
                                             output_block, run_tool_loop)
 
@@ -142,3 +144,41 @@ def test_fence_tokens(tok, fences):
   assert len(fences) > 5
   assert all("`" in tok.decode([i]) for i in fences)
   assert set(tok.encode("```")) <= set(fences)
+
+
+def test_per_trajectory_loop_equals_the_rounds_and_prefills_no_token_twice(tok, fences,
+                                                                           sandbox):
+  """The real tiny model, sampling only among a few tokens (fences, newlines, print(1)), so
+  that blocks close, cells run and backticks that close nothing continue: the per-trajectory
+  loop (KV continuation, cells concurrent with decoding) gives the round-based loop's
+  trajectories (tokens, roles, tool statuses identical; log-probs within 1e-4), and its slots
+  prefilled exactly the prompt and tool-output tokens."""
+  sampler = JaxSampler(init_model(preset("tiny-qwen2").replace(vocab_size=151936), seed=4))
+  allowed = set(tok.encode("```\nprint(1)\n```")) | set(tok.encode("``")) | {EOS}
+  banned = tuple(i for i in range(151936) if i not in allowed)
+  prefix = tuple(tok.encode("```python\nprint(1)\n"))
+  reqs = [Request(q, tuple(tok.encode(q)), prefix, "code_prefix", seed=s)
+          for q, s in (("What is 1?", 11), ("One?", 12), ("Say 1.", 13))]
+  params = SamplingParams(temperature=1.0, max_tokens=64, n=4, stop_token_ids=(EOS,),
+                          banned_token_ids=banned)
+  rounds = run_tool_loop(sampler, sandbox, tok, reqs, params, max_tool_calls=2, rounds=True)
+  before = sampler.prefilled_tokens
+  own = run_tool_loop(sampler, sandbox, tok, reqs, params, max_tool_calls=2, rounds=False)
+  assert sum(t.num_tool_calls for t in own) >= 4  # cells ran
+  for a, b in zip(own, rounds):
+    _check_invariants(tok, a)
+    assert (a.token_ids, a.roles, a.tool_statuses, a.stop_reason) == \
+        (b.token_ids, b.roles, b.tool_statuses, b.stop_reason)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+  prompts = sum(len(t.prompt_ids) + len(prefix) for t in own)
+  tools = sum(r == "tool" for t in own for r in t.roles)
+  assert tools > 0 and sampler.prefilled_tokens - before == prompts + tools
+  # The session's --tool_loop setting picks the loop (rounds prefill whole contexts again).
+  for loop, want in (("own", prompts + tools), ("rounds", None)):
+    session = RolloutSession(sampler, sandbox, tok, None, "plain", 0, 2, 5.0, (EOS,), fences,
+                             loop)
+    before = sampler.prefilled_tokens
+    got = session.roll_out(reqs, params)
+    assert [t.token_ids for t in got] == [t.token_ids for t in own]
+    prefilled = sampler.prefilled_tokens - before
+    assert prefilled == want if want else prefilled > prompts + tools

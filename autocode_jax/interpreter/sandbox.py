@@ -194,6 +194,11 @@ class Sandbox:
     """Runs many cell lists in parallel over the pool; results in input order."""
     return list(self._executor.map(self.run, batch))
 
+  def submit(self, cells: list[str]) -> concurrent.futures.Future:
+    """`run` without waiting: a future of its ExecResult (num_workers run at once, the rest
+    queue), so a caller can go on while the cells run."""
+    return self._executor.submit(self.run, cells)
+
   async def arun(self, cells: list[str]) -> ExecResult:
     """`run` for asyncio: awaits without blocking the event loop."""
     return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, cells)

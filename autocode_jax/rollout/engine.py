@@ -61,3 +61,67 @@ class RolloutEngine(Protocol):
                seeds: Sequence[int] | None = None) -> list[list[Completion]]:
     """For each prompt (token ids), `params.n` completions. With `seeds` (one per prompt), a
     prompt's completions depend on its own seed only, not on the other prompts of the call."""
+
+
+class GenerateBatch:
+  """The per-trajectory batch interface of `slots.SlotBatch` over an engine that only has
+  `generate` (vLLM's offline LLM, a scripted test engine, or the built-in sampler asked for
+  rounds): each `run` samples every waiting segment from its whole context in one `generate`
+  call per fence setting, a synchronised round (`synchronous`: the caller lets a round's tool
+  calls finish before the next). A segment samples with its own seed (derive_seed of the
+  request's seed, sample and segment, from the caller); with `seeded` False, round r's call
+  seeds prompt p with params.seed + 1000 r + p, as the round-based loop always did."""
+
+  synchronous = True
+
+  def __init__(self, engine, params: SamplingParams, *, fence_ids: Sequence[int] = (),
+               seeded: bool = True):
+    self.engine, self.params, self.fences, self.seeded = engine, params, tuple(fence_ids), seeded
+    self.context: dict = {}  # rid -> every token so far (prompt, sampled, appended)
+    self.waiting: dict = {}  # rid -> (seed, budget, fences)
+    self.rounds = 0
+
+  @property
+  def busy(self) -> bool:
+    return bool(self.waiting)
+
+  def submit(self, rid, prompt: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid in self.context:
+      raise ValueError(f"GenerateBatch.submit: trajectory {rid!r} is already held")
+    self.context[rid] = list(prompt)
+    self.waiting[rid] = (seed, budget, fences)
+
+  def resume(self, rid, tokens: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid not in self.context or rid in self.waiting:
+      raise ValueError(f"GenerateBatch.resume: trajectory {rid!r} is not stopped")
+    self.context[rid].extend(tokens)
+    self.waiting[rid] = (seed, budget, fences)
+
+  def release(self, rid) -> None:
+    if rid in self.waiting:
+      raise ValueError(f"GenerateBatch.release: trajectory {rid!r} is waiting")
+    del self.context[rid]
+
+  def run(self) -> list[tuple[object, Completion]]:
+    stopped = []
+    for allow in (True, False):
+      sub = sorted(rid for rid, w in self.waiting.items() if w[2] == allow)
+      if not sub:
+        continue
+      params = dataclasses.replace(
+          self.params, n=1, max_tokens=max(self.waiting[rid][1] for rid in sub),
+          seed=self.params.seed + 1000 * self.rounds,
+          stop_token_ids=self.params.stop_token_ids + (self.fences if allow else ()))
+      seeds = [self.waiting[rid][0] for rid in sub] if self.seeded else None
+      out = self.engine.generate([self.context[rid] for rid in sub], params, seeds=seeds)
+      for rid, (comp,) in zip(sub, out):
+        budget = self.waiting[rid][1]
+        if len(comp.token_ids) > budget:  # sampling is causal: the cut part is unaffected
+          comp = Completion(comp.token_ids[:budget], comp.logprobs[:budget], "length")
+        self.context[rid].extend(comp.token_ids)
+        stopped.append((rid, comp))
+    self.waiting = {}
+    self.rounds += 1
+    return sorted(stopped, key=lambda x: x[0])

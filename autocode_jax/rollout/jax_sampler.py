@@ -87,6 +87,7 @@ class JaxSampler:
     self.mesh, self.pad_id = mesh, pad_id
     self.prompt_buckets, self.min_batch = tuple(prompt_buckets), min_batch
     self.max_slots, self.chunk = max_slots, chunk
+    self.prefilled_tokens = 0  # tokens its slot batches wrote by appends (prompts, continuations)
 
   @property
   def traces(self) -> int:
@@ -102,10 +103,11 @@ class JaxSampler:
     self.state = state
 
   def slot_batch(self, params: SamplingParams, *, slots: int, max_len: int,
-                 fence_ids: Sequence[int] = ()) -> SlotBatch:
-    """A SlotBatch of `slots` decode slots of `max_len` positions on this sampler's weights."""
+                 fence_ids: Sequence[int] = (), min_slots: int | None = None) -> SlotBatch:
+    """A SlotBatch of `slots` decode slots of `max_len` positions on this sampler's weights
+    (shrinking to min_slots, default min_batch, as trajectories end)."""
     return SlotBatch(self, params, slots=slots, max_len=max_len, fence_ids=fence_ids,
-                     chunk=self.chunk)
+                     chunk=self.chunk, min_slots=min_slots or self.min_batch)
 
   def _rows(self, prompts, params, seeds):
     if seeds is not None and len(seeds) != len(prompts):

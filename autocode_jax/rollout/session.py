@@ -26,6 +26,7 @@ from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, fence_token_ids, run_tool_loop
 
 ENGINES = ("jax", "vllm")
+TOOL_LOOPS = ("rounds", "own")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +45,13 @@ class RolloutSettings:
   sandbox_memory_mb: int = option(1024, "address-space limit per execution")
   max_output_chars: int = option(512, "interpreter output shown to the model at most")
   grade_timeout_s: float = option(5.0, "seconds per answer comparison")
-  jax_slots: int = option(1024, "built-in sampler: decode slots at most (rows beyond them wait "
-                                "for a finished row's slot)")
+  jax_slots: int = option(256, "built-in sampler: decode slots at most (rows beyond them wait "
+                               "for a finished row's slot)")
   jax_chunk: int = option(32, "built-in sampler: decode steps per host round trip")
+  tool_loop: str = option("rounds", "rounds: tool calls between synchronised rounds of "
+                          "sampling; own: each trajectory on its own, its cells run while "
+                          "others decode (built-in sampler only; vLLM goes in rounds)",
+                          choices=TOOL_LOOPS)
   vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
   vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
   vllm_max_model_len: int = option(4096, "vLLM max_model_len")
@@ -83,6 +88,7 @@ class RolloutSession:
   grade_timeout_s: float
   stop_ids: tuple[int, ...]
   fences: tuple[int, ...]
+  tool_loop: str = "rounds"
 
   def params(self, *, n: int, temperature: float, top_p: float, max_tokens: int,
              banned_token_ids: tuple[int, ...] = ()) -> SamplingParams:
@@ -108,7 +114,8 @@ class RolloutSession:
     """The requests through the tool loop (max_tool_calls: the session's unless given)."""
     calls = self.max_tool_calls if max_tool_calls is None else max_tool_calls
     return run_tool_loop(self.engine, self.sandbox, self.tokenizer, requests, params,
-                         max_tool_calls=calls, fence_ids=self.fences)
+                         max_tool_calls=calls, fence_ids=self.fences,
+                         rounds=self.tool_loop == "rounds")
 
   def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
     """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules, and
@@ -169,7 +176,8 @@ def open_session(settings: RolloutSettings, tokenizer, model_config, *, template
     raise
   return RolloutSession(engine, sandbox, tokenizer, grader, template, seed,
                         settings.max_tool_calls, settings.grade_timeout_s,
-                        stop_ids(tokenizer, model_config, template), fence_token_ids(tokenizer))
+                        stop_ids(tokenizer, model_config, template), fence_token_ids(tokenizer),
+                        settings.tool_loop)
 
 
 def vllm_engine(settings: RolloutSettings, model_dir: str, *, dtype: str, seed: int,

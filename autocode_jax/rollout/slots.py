@@ -117,6 +117,9 @@ def _append(graphdef, state, slots: Slots, rows_a, tokens_at, count_a, key_a, bu
     cache = KVCache(_rows(slots.k, rows_a), _rows(slots.v, rows_a), visible, jnp.int32(0))
   logits, (k_new, v_new) = model.extend(tokens_at, positions, cache, visible, mask,
                                         at_b=jnp.maximum(count_a - 1, 0))
+  if not fresh:  # a continuation of no tokens samples on from the slot's own logits
+    logits = jnp.where((count_a > 0)[:, None], logits,
+                       jnp.take(slots.logits, rows_a, axis=0, mode="clip"))
   pos = jnp.where(mask, positions, s)
   set_rows = lambda arr, x: arr.at[rows_a].set(x, mode="drop")
   return Slots(
@@ -168,6 +171,8 @@ def _decode_chunk(graphdef, pad_id, state, slots: Slots, eos_e, fence_f, stops_s
     pos = jnp.where(run, sl.length, s)[:, None]
     length, step = sl.length + run, sl.step + run
     done = is_eos | is_stop | (step >= sl.budget) | (length >= s)
+    # A stopped slot keeps the logits after its last token: a continuation may sample from them.
+    logits = jnp.where(run[:, None], logits, sl.logits)
     sl = Slots(_put(sl.k, rows, pos, k_new), _put(sl.v, rows, pos, v_new),
                sl.valid.at[rows[:, None], pos].set(True, mode="drop"), length, logits, sl.key,
                step, sl.budget, sl.fences, run & ~done,
@@ -177,6 +182,19 @@ def _decode_chunk(graphdef, pad_id, state, slots: Slots, eos_e, fence_f, stops_s
   _, slots, out, lps, count = jax.lax.while_loop(
       cond, body, (jnp.int32(0), slots, out, lps, jnp.zeros((b,), jnp.int32)))
   return slots, out, lps, count
+
+
+@jax.jit
+def _repack(slots: Slots, rows_n) -> Slots:
+  """The state of slots rows_n (n of them; an index B is an empty slot): fewer slots, so that
+  a decoding tail does not compute every slot of the full batch."""
+  TRACES["repack"] += 1
+  b = slots.valid.shape[0]
+  take = lambda x: jnp.take(x, rows_n, axis=0, mode="clip")
+  return Slots(_rows(slots.k, rows_n), _rows(slots.v, rows_n), take(slots.valid),
+               take(slots.length), take(slots.logits), take(slots.key), take(slots.step),
+               take(slots.budget), take(slots.fences), take(slots.running) & (rows_n < b),
+               take(slots.reason), take(slots.recent))
 
 
 def pow2(n: int, floor: int = 1) -> int:
@@ -214,7 +232,9 @@ class SlotBatch:
   A stopped trajectory keeps its slot and KV until `release(rid)`, or `resume(rid, tokens)`
   appends tokens after its last one (a tool output) and samples a new segment from there.
   A prompt or continuation that would not leave room to sample in the slot's `max_len`
-  positions stops at once with "length", no token written.
+  positions stops at once with "length", no token written. Once the trajectories held fit in
+  a quarter of the slots, they move into fewer (a power of two, at least min_slots): the state
+  is re-gathered, a trajectory's tokens do not change.
 
   params gives the sampling settings of every segment (temperature, top-p, top-k, stop tokens,
   stop sequences, banned tokens); its max_tokens, n and seed are unused (each segment has its
@@ -224,10 +244,11 @@ class SlotBatch:
 
   def __init__(self, sampler, params: SamplingParams, *, slots: int, max_len: int,
                fence_ids: Sequence[int] = (), chunk: int = 32, append_tokens: int = 16384,
-               prompt_buckets: Sequence[int] | None = None):
+               prompt_buckets: Sequence[int] | None = None, min_slots: int = 8):
     self.sampler, self.params, self.chunk = sampler, params, chunk
     self.shards = sampler.shards
     self.slots = -(-slots // self.shards) * self.shards
+    self.min_slots = -(-min_slots // self.shards) * self.shards
     self.max_len = max_len
     self.append_tokens = append_tokens
     self.buckets = tuple(prompt_buckets or sampler.prompt_buckets)
@@ -250,7 +271,6 @@ class SlotBatch:
     self.length = np.zeros(self.slots, np.int64)  # the device's length, mirrored
     self.waiting: collections.deque[_Pending] = collections.deque()
     self.live: dict[int, tuple[Hashable, list[int], list[float]]] = {}  # slot -> segment
-    self.appended_tokens = 0  # tokens written by appends (prompts and continuations)
 
   def _mesh(self):
     mesh = self.sampler.mesh
@@ -273,13 +293,11 @@ class SlotBatch:
 
   def resume(self, rid: Hashable, tokens: Sequence[int], *, seed: int, sample: int = 0,
              budget: int, fences: bool = False) -> None:
-    """Appends `tokens` after stopped trajectory `rid`'s last token and samples a new segment
-    of at most `budget` tokens with the key of (seed, sample)."""
+    """Appends `tokens` (maybe none) after stopped trajectory `rid`'s last token and samples a
+    new segment of at most `budget` tokens with the key of (seed, sample)."""
     slot = self.slot_of.get(rid)
     if slot is None or slot in self.live or any(p.rid == rid for p in self.waiting):
       raise ValueError(f"SlotBatch.resume: trajectory {rid!r} is not stopped in a slot")
-    if not tokens:
-      raise ValueError(f"SlotBatch.resume: nothing to append to trajectory {rid!r}")
     self.waiting.append(_Pending(rid, list(tokens), seed, sample, budget, fences, False))
 
   def release(self, rid: Hashable) -> None:
@@ -293,9 +311,30 @@ class SlotBatch:
   def run(self) -> list[tuple[Hashable, Completion]]:
     """Admits what waits, runs one decode chunk; the segments that stopped, in slot order."""
     stopped = self.admit()
+    self._shrink()
     if self.live:
       stopped += self._decode()
     return stopped
+
+  def _shrink(self) -> None:
+    """Moves the trajectories held into a quarter of the slots or fewer (a power of two, at
+    least min_slots) once they fit there: a step costs every slot, busy or not."""
+    held = len(self.slot_of) + sum(p.fresh for p in self.waiting)
+    size = -(-max(self.min_slots, pow2(held)) // self.shards) * self.shards
+    if 4 * size > self.slots:
+      return
+    old = sorted(self.slot_of.values())
+    where = {slot: j for j, slot in enumerate(old)}
+    rows = np.full((size,), self.slots, np.int32)
+    rows[:len(old)] = old
+    with self._mesh():
+      self.state = _repack(self.state, rows)
+    self.slot_of = {rid: where[slot] for rid, slot in self.slot_of.items()}
+    self.live = {where[slot]: seg for slot, seg in self.live.items()}
+    length = np.zeros(size, np.int64)
+    length[:len(old)] = self.length[old]
+    self.length, self.slots = length, size
+    self.free = list(range(len(old), size))
 
   def admit(self) -> list[tuple[Hashable, Completion]]:
     """What `run` does first: writes the waiting prompts and continuations that can go in (a
@@ -312,7 +351,7 @@ class SlotBatch:
       if p.budget <= 0 or base + len(p.tokens) >= self.max_len:
         stopped.append((p.rid, Completion((), (), "length")))
         continue
-      groups[(p.fresh, bucket(len(p.tokens), self.buckets))].append(p)
+      groups[(p.fresh, bucket(max(len(p.tokens), 1), self.buckets))].append(p)
     self.waiting = keep
     for (fresh, t), items in groups.items():
       per_call = max(self.shards, pow2(self.append_tokens // t + 1) // 2)
@@ -321,7 +360,7 @@ class SlotBatch:
     return stopped
 
   def _append_call(self, items: list[_Pending], t: int, fresh: bool) -> None:
-    a = -(-pow2(len(items)) // self.shards) * self.shards
+    a = -(-pow2(len(items), min(self.min_slots, self.slots)) // self.shards) * self.shards
     rows = np.full((a,), self.slots, np.int32)
     tokens = np.full((a, t), self.sampler.pad_id, np.int32)
     count = np.zeros((a,), np.int32)
@@ -334,7 +373,7 @@ class SlotBatch:
       seeds[i], samples[i] = p.seed % 2**32, p.sample
       self.length[slot] = (0 if fresh else self.length[slot]) + len(p.tokens)
       self.live[slot] = (p.rid, [], [])
-      self.appended_tokens += len(p.tokens)
+      self.sampler.prefilled_tokens += len(p.tokens)
     keys = row_keys(seeds, samples)
     with self._mesh():
       self.state = _append(self.sampler.graphdef, self.sampler.state, self.state, rows, tokens,

@@ -13,11 +13,14 @@ more closed ```python blocks than were executed, the cells run; otherwise genera
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import re
 from typing import Sequence
 
-from autocode_jax.rollout.engine import Completion, RolloutEngine, SamplingParams, derive_seed
+from autocode_jax.rollout.engine import (GenerateBatch, RolloutEngine, SamplingParams,
+                                         derive_seed)
+from autocode_jax.rollout.slots import bucket, pow2
 
 ROLES = ("prefix", "model", "tool")
 _BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
@@ -87,10 +90,19 @@ def output_block(output: str, after: str) -> str:
 
 def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[Request],
                   params: SamplingParams, *, max_tool_calls: int = 4,
-                  fence_ids: Sequence[int] | None = None) -> list[Trajectory]:
+                  fence_ids: Sequence[int] | None = None,
+                  rounds: bool = True) -> list[Trajectory]:
   """Rolls out `params.n` trajectories per request. No model token is sampled once a response
   (prefix, model and tool tokens together) holds `params.max_tokens`; the last tool output may
-  overshoot it."""
+  overshoot it.
+
+  Each trajectory goes on its own over the engine's batch interface. With `rounds` (and on an
+  engine with only `generate`) in synchronised rounds (`engine.GenerateBatch`: each round
+  samples every waiting trajectory from its whole context, then its cells run). Without, on an
+  engine with rollout slots (`JaxSampler`): a cell runs in the sandbox as soon as its block
+  closes while the others decode, and the trajectory continues from its own KV slot (only the
+  tool output is prefilled). Segment r of a seeded request's sample j has the key of
+  derive_seed(seed, j, r) either way, so both give the same tokens."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
   seeded = {r.seed is not None for r in requests}
   if len(seeded) > 1:
@@ -99,59 +111,79 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   trajs = [Trajectory(r.query_id, r.probe, list(r.prompt_ids), seed=r.seed, mode=r.mode,
                       sample=j) for r in requests for j in range(params.n)]
   reqs = [r for r in requests for _ in range(params.n)]
-  sample = [j for _ in requests for j in range(params.n)]
   for t, r in zip(trajs, reqs):
     t.extend(r.prefix_ids, "prefix")
-  active = list(range(len(trajs)))
-  round_ = 0
-  while active:
-    budgets = {i: params.max_tokens - len(trajs[i].token_ids) for i in active}
-    done_now = [i for i in active if budgets[i] <= 0]
-    for i in done_now:
-      trajs[i].stop_reason = "length"
-    active = [i for i in active if budgets[i] > 0]
-    if not active:
-      break
-    # One engine call for the rows that may still call tools and one for the rest, each with the
-    # largest budget among them; a row's completion is then cut to its own budget (sampling is
-    # causal, so what comes before the cut is unaffected).
-    results = {}
-    for allow in (True, False):
-      sub = [i for i in active if (trajs[i].num_tool_calls < max_tool_calls) == allow]
-      if not sub:
-        continue
-      sp = dataclasses.replace(
-          params, n=1, max_tokens=max(budgets[i] for i in sub), seed=params.seed + 1000 * round_,
-          stop_token_ids=tuple(params.stop_token_ids) + (fences if allow else ()))
-      seeds = [derive_seed(reqs[i].seed, sample[i], round_) for i in sub] if seeded else None
-      out = engine.generate([trajs[i].prompt_ids + trajs[i].token_ids for i in sub], sp,
-                            seeds=seeds)
-      for i, (comp,) in zip(sub, out):
-        if len(comp.token_ids) > budgets[i]:
-          comp = Completion(comp.token_ids[:budgets[i]], comp.logprobs[:budgets[i]], "length")
-        results[i] = comp
-    to_run, still = [], []
-    for i in active:
-      t, comp = trajs[i], results[i]
-      t.extend(comp.token_ids, "model", comp.logprobs)
-      t.stop_reason = comp.stop_reason
-      last = comp.token_ids[-1] if comp.token_ids else None
-      if comp.stop_reason == "eos" and last in fences:
-        cells = code_cells(tokenizer.decode(t.token_ids))
-        if len(cells) > t.num_tool_calls:
-          to_run.append(i)
-        else:
-          still.append(i)  # a backtick that closed no block: keep going
-    if to_run:
-      texts = {i: tokenizer.decode(trajs[i].token_ids) for i in to_run}
-      execs = sandbox.run_batch([code_cells(texts[i]) for i in to_run])
-      for i, res in zip(to_run, execs):
-        t = trajs[i]
-        t.tool_statuses.append(res.status)
-        t.extend(tokenizer.encode(output_block(res.output, texts[i])), "tool")
-        still.append(i)
-    active = sorted(still)
-    round_ += 1
+  if trajs:
+    _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
+              rounds)
   for t in trajs:
     t.text = tokenizer.decode(t.token_ids)
   return trajs
+
+
+def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
+              rounds):
+  """Each trajectory on its own over the engine's batch interface: its slots (`slot_batch`),
+  or rounds of `generate` calls (`GenerateBatch`)."""
+  fence_set = set(fences)
+  if hasattr(engine, "slot_batch") and not rounds:
+    longest = max(len(t.prompt_ids) + len(t.token_ids) for t in trajs)
+    batch = engine.slot_batch(params, fence_ids=fences,
+                              slots=min(pow2(len(trajs), engine.min_batch), engine.max_slots),
+                              max_len=bucket(longest, engine.prompt_buckets)
+                              + pow2(params.max_tokens, 16))
+  else:
+    batch = GenerateBatch(engine, params, fence_ids=fences, seeded=seeded)
+  segment = [0] * len(trajs)
+  running: dict[concurrent.futures.Future, tuple[int, str]] = {}
+
+  def go_on(i: int, tokens: list[int] | None) -> None:
+    """Samples trajectory i's next segment after `tokens` (None: the first, from its prompt)."""
+    t = trajs[i]
+    budget = params.max_tokens - len(t.token_ids)
+    if budget <= 0:
+      t.stop_reason = "length"
+      if tokens is not None:
+        batch.release(i)
+      return
+    seed = (derive_seed(reqs[i].seed, t.sample, segment[i]) if seeded
+            else derive_seed(params.seed, i, segment[i]))
+    allow = t.num_tool_calls < max_tool_calls
+    if tokens is None:
+      batch.submit(i, t.prompt_ids + t.token_ids, seed=seed, budget=budget, fences=allow)
+    else:
+      batch.resume(i, tokens, seed=seed, budget=budget, fences=allow)
+
+  for i in range(len(trajs)):
+    go_on(i, None)
+  while batch.busy or running:
+    for i, comp in batch.run() if batch.busy else []:
+      t = trajs[i]
+      t.extend(comp.token_ids, "model", comp.logprobs)
+      t.stop_reason = comp.stop_reason
+      segment[i] += 1
+      if comp.stop_reason == "eos" and comp.token_ids and comp.token_ids[-1] in fence_set:
+        text = tokenizer.decode(t.token_ids)
+        cells = code_cells(text)
+        if len(cells) > t.num_tool_calls:
+          running[sandbox.submit(cells)] = (i, text)
+        else:
+          go_on(i, [])  # a backtick that closed no block: keep going
+      else:
+        batch.release(i)
+    if getattr(batch, "synchronous", False):  # rounds: every cell of this one, then the next
+      finished = list(running)
+      concurrent.futures.wait(finished)
+    else:
+      finished = [f for f in running if f.done()]
+      if running and not finished and not batch.busy:  # nothing to decode: wait for a cell
+        finished = list(concurrent.futures.wait(
+            running, return_when=concurrent.futures.FIRST_COMPLETED).done)
+    for f in finished:
+      i, text = running.pop(f)
+      res = f.result()
+      t = trajs[i]
+      t.tool_statuses.append(res.status)
+      ids = tokenizer.encode(output_block(res.output, text))
+      t.extend(ids, "tool")
+      go_on(i, ids)
