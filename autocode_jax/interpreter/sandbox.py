@@ -2,8 +2,9 @@
 
 Each worker is a `server.py` process (started fresh, never forked from the trainer, never
 importing JAX) that forks one confined child per execution. The pool is safe to use from many
-threads (`run`), runs batches in parallel (`run_batch`) and from asyncio (`arun`). A worker that
-dies or stops answering is killed and replaced; the caller always gets an `ExecResult`.
+threads (`run`), runs batches in parallel (`run_batch`), without waiting (`submit`, a future)
+and from asyncio (`arun`). A worker that dies or stops answering is killed and replaced; the
+caller always gets an `ExecResult`.
 """
 
 from __future__ import annotations
