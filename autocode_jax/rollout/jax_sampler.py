@@ -20,7 +20,7 @@ from flax import nnx
 
 from autocode_jax.rollout import slots as slots_lib
 from autocode_jax.rollout.engine import Completion, SamplingParams
-from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_hit
+from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_arrays, stop_hit
 from autocode_jax.rollout.slots import REASONS, SlotBatch, bucket, pow2
 
 _PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -109,6 +109,15 @@ class JaxSampler:
     return SlotBatch(self, params, slots=slots, max_len=max_len, fence_ids=fence_ids,
                      chunk=self.chunk, min_slots=min_slots or self.min_batch)
 
+  def rollout_batch(self, params: SamplingParams, rows: int, longest: int,
+                    fence_ids: Sequence[int] = ()) -> SlotBatch:
+    """The SlotBatch for `rows` trajectories of prompts up to `longest` tokens and responses
+    up to params.max_tokens: min(rows, max_slots) slots (a power of two) of prompt bucket +
+    max_tokens bucket positions (the static batch's cache length)."""
+    return self.slot_batch(params, slots=min(pow2(rows, self.min_batch), self.max_slots),
+                           max_len=bucket(longest, self.prompt_buckets)
+                           + pow2(params.max_tokens, 16), fence_ids=fence_ids)
+
   def _rows(self, prompts, params, seeds):
     if seeds is not None and len(seeds) != len(prompts):
       raise ValueError(f"JaxSampler.generate: {len(seeds)} seeds for {len(prompts)} prompts")
@@ -122,13 +131,9 @@ class JaxSampler:
   def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                seeds: Sequence[int] | None = None) -> list[list[Completion]]:
     """Row j of prompt p samples with key fold_in(PRNGKey(seeds[p]), j); without `seeds`,
-    prompt p's seed is params.seed + p. Rows share min(max_slots, rows) decode slots (rounded
-    up to a power of two) of prompt bucket + max_tokens bucket positions."""
+    prompt p's seed is params.seed + p. The rows share one `rollout_batch`."""
     rows, row_seeds = self._rows(prompts, params, seeds)
-    max_len = (bucket(max(len(r) for r in rows), self.prompt_buckets)
-               + pow2(params.max_tokens, 16))
-    batch = self.slot_batch(params, slots=min(pow2(len(rows), self.min_batch), self.max_slots),
-                            max_len=max_len)
+    batch = self.rollout_batch(params, len(rows), max(len(r) for r in rows))
     for i, (r, seed) in enumerate(zip(rows, row_seeds)):
       batch.submit(i, r, seed=seed, sample=i % params.n, budget=params.max_tokens)
     done: list[Completion | None] = [None] * len(rows)
@@ -152,15 +157,7 @@ class JaxSampler:
       mask[i, p - len(r):] = 1
     mask[len(rows):, -1] = 1  # filler rows: one token, never sampled from
     live = np.arange(b) < len(rows)
-    lmax = max((len(s) for s in params.stop), default=1)
-    stops = np.full((len(params.stop), lmax), -1, np.int32)
-    for j, s in enumerate(params.stop):
-      stops[j, lmax - len(s):] = s
-    stop_lens = np.array([len(s) for s in params.stop], np.int32)
-    eos = np.array(params.stop_token_ids or (-1,), np.int32)
-    banned = np.zeros((self.config.vocab_size,), bool)
-    if params.banned_token_ids:
-      banned[np.asarray(params.banned_token_ids)] = True
+    eos, stops, stop_lens, banned = stop_arrays(params, self.config.vocab_size)
     seeds_b = np.zeros((b,), np.uint32)
     seeds_b[:len(rows)] = row_seeds
     keys = row_keys(seeds_b, np.arange(b, dtype=np.int32) % params.n)

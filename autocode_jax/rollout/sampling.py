@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _largest_threshold(pred, lo_b1, hi_b1, iters: int = 40):
@@ -152,3 +153,17 @@ def stop_hit(out_bm, length_b, stops_sl, stop_lens_s):
   match = (window[:, None, :] == stops_sl[None]) | ~pos[None]
   long_enough = length_b[:, None] >= stop_lens_s[None, :]
   return jnp.any(jnp.all(match, axis=-1) & long_enough, axis=-1)
+
+
+def stop_arrays(params, vocab_size: int):
+  """The device form of params' stops: (eos [E] (-1 when none), stop sequences [S, L]
+  right-aligned and left-padded with -1, their lengths [S], banned [V] bool)."""
+  lmax = max((len(s) for s in params.stop), default=1)
+  stops = np.full((len(params.stop), lmax), -1, np.int32)
+  for j, s in enumerate(params.stop):
+    stops[j, lmax - len(s):] = s
+  banned = np.zeros((vocab_size,), bool)
+  if params.banned_token_ids:
+    banned[np.asarray(params.banned_token_ids)] = True
+  return (np.array(params.stop_token_ids or (-1,), np.int32), stops,
+          np.array([len(s) for s in params.stop], np.int32), banned)

@@ -34,7 +34,7 @@ from flax import nnx
 from autocode_jax.models.sharding import constrain
 from autocode_jax.models.transformer import KVCache
 from autocode_jax.rollout.engine import Completion, SamplingParams
-from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_hit
+from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_arrays, stop_hit
 
 REASONS = {0: "length", 1: "eos", 2: "stop"}
 TRACES: collections.Counter = collections.Counter()  # program name -> traces, all batches
@@ -252,24 +252,17 @@ class SlotBatch:
     self.max_len = max_len
     self.append_tokens = append_tokens
     self.buckets = tuple(prompt_buckets or sampler.prompt_buckets)
-    lmax = max((len(x) for x in params.stop), default=1)
-    stops = np.full((len(params.stop), lmax), -1, np.int32)
-    for j, x in enumerate(params.stop):
-      stops[j, lmax - len(x):] = x
-    banned = np.zeros((sampler.config.vocab_size,), bool)
-    if params.banned_token_ids:
-      banned[np.asarray(params.banned_token_ids)] = True
-    self._consts = (np.array(params.stop_token_ids or (-1,), np.int32),
-                    np.array(tuple(fence_ids) or (-1,), np.int32), stops,
-                    np.array([len(x) for x in params.stop], np.int32), banned,
-                    jnp.float32(params.temperature), jnp.float32(params.top_p),
+    eos, stops, stop_lens, banned = stop_arrays(params, sampler.config.vocab_size)
+    self._consts = (eos, np.array(tuple(fence_ids) or (-1,), np.int32), stops, stop_lens,
+                    banned, jnp.float32(params.temperature), jnp.float32(params.top_p),
                     jnp.int32(params.top_k))
     with self._mesh():
-      self.state = _init_slots(sampler.config, self.slots, max_len, lmax)
+      self.state = _init_slots(sampler.config, self.slots, max_len, stops.shape[1])
     self.free = list(range(self.slots))
     self.slot_of: dict[Hashable, int] = {}
     self.length = np.zeros(self.slots, np.int64)  # the device's length, mirrored
     self.waiting: collections.deque[_Pending] = collections.deque()
+    self._waiting_ids: set = set()  # the rids in self.waiting
     self.live: dict[int, tuple[Hashable, list[int], list[float]]] = {}  # slot -> segment
 
   def _mesh(self):
@@ -285,25 +278,27 @@ class SlotBatch:
              budget: int, fences: bool = False) -> None:
     """A new trajectory `rid` (unique among those held) from `prompt`: its first segment
     samples at most `budget` tokens with the key of (seed, sample)."""
-    if rid in self.slot_of or any(p.rid == rid for p in self.waiting):
+    if rid in self.slot_of or rid in self._waiting_ids:
       raise ValueError(f"SlotBatch.submit: trajectory {rid!r} is already held")
     if not prompt:
       raise ValueError(f"SlotBatch.submit: trajectory {rid!r} has an empty prompt")
     self.waiting.append(_Pending(rid, list(prompt), seed, sample, budget, fences, True))
+    self._waiting_ids.add(rid)
 
   def resume(self, rid: Hashable, tokens: Sequence[int], *, seed: int, sample: int = 0,
              budget: int, fences: bool = False) -> None:
     """Appends `tokens` (maybe none) after stopped trajectory `rid`'s last token and samples a
     new segment of at most `budget` tokens with the key of (seed, sample)."""
     slot = self.slot_of.get(rid)
-    if slot is None or slot in self.live or any(p.rid == rid for p in self.waiting):
+    if slot is None or slot in self.live or rid in self._waiting_ids:
       raise ValueError(f"SlotBatch.resume: trajectory {rid!r} is not stopped in a slot")
     self.waiting.append(_Pending(rid, list(tokens), seed, sample, budget, fences, False))
+    self._waiting_ids.add(rid)
 
   def release(self, rid: Hashable) -> None:
     """Frees stopped trajectory `rid`'s slot for a waiting one."""
     slot = self.slot_of.get(rid)
-    if slot is None or slot in self.live or any(p.rid == rid for p in self.waiting):
+    if slot is None or slot in self.live or rid in self._waiting_ids:
       raise ValueError(f"SlotBatch.release: trajectory {rid!r} is not stopped in a slot")
     del self.slot_of[rid]
     self.free.append(slot)
@@ -352,7 +347,7 @@ class SlotBatch:
         stopped.append((p.rid, Completion((), (), "length")))
         continue
       groups[(p.fresh, bucket(max(len(p.tokens), 1), self.buckets))].append(p)
-    self.waiting = keep
+    self.waiting, self._waiting_ids = keep, {p.rid for p in keep}
     for (fresh, t), items in groups.items():
       per_call = max(self.shards, pow2(self.append_tokens // t + 1) // 2)
       for start in range(0, len(items), per_call):

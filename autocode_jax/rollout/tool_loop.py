@@ -20,7 +20,6 @@ from typing import Sequence
 
 from autocode_jax.rollout.engine import (GenerateBatch, RolloutEngine, SamplingParams,
                                          derive_seed)
-from autocode_jax.rollout.slots import bucket, pow2
 
 ROLES = ("prefix", "model", "tool")
 _BLOCK = re.compile(r"```python[^\n]*\n(.*?)```", re.DOTALL)
@@ -123,15 +122,13 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
 
 def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
               rounds):
-  """Each trajectory on its own over the engine's batch interface: its slots (`slot_batch`),
+  """Each trajectory on its own over the engine's batch interface: its slots (`rollout_batch`),
   or rounds of `generate` calls (`GenerateBatch`)."""
   fence_set = set(fences)
-  if hasattr(engine, "slot_batch") and not rounds:
-    longest = max(len(t.prompt_ids) + len(t.token_ids) for t in trajs)
-    batch = engine.slot_batch(params, fence_ids=fences,
-                              slots=min(pow2(len(trajs), engine.min_batch), engine.max_slots),
-                              max_len=bucket(longest, engine.prompt_buckets)
-                              + pow2(params.max_tokens, 16))
+  if hasattr(engine, "rollout_batch") and not rounds:
+    batch = engine.rollout_batch(params, len(trajs),
+                                 max(len(t.prompt_ids) + len(t.token_ids) for t in trajs),
+                                 fence_ids=fences)
   else:
     batch = GenerateBatch(engine, params, fence_ids=fences, seeded=seeded)
   segment = [0] * len(trajs)
