@@ -1,6 +1,8 @@
 """The tool loop: exact cases with a scripted engine (real tokenizer, real sandbox), and an
 end-to-end run with the real tiny model and JaxSampler."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -182,3 +184,60 @@ def test_per_trajectory_loop_equals_the_rounds_and_prefills_no_token_twice(tok, 
     assert [t.token_ids for t in got] == [t.token_ids for t in own]
     prefilled = sampler.prefilled_tokens - before
     assert prefilled == want if want else prefilled > prompts + tools
+
+
+class _Unsynchronised:
+  """GenerateBatch made per-trajectory (not synchronous) and slow (each run takes `dt` more);
+  it records after how many runs each resume came."""
+
+  synchronous = False
+
+  def __init__(self, inner, dt):
+    self.inner, self.dt, self.runs, self.resumes = inner, dt, 0, []
+
+  @property
+  def busy(self):
+    return self.inner.busy
+
+  def submit(self, *a, **kw):
+    self.inner.submit(*a, **kw)
+
+  def release(self, rid):
+    self.inner.release(rid)
+
+  def resume(self, rid, tokens, **kw):
+    self.resumes.append((rid, len(tokens), self.runs))
+    self.inner.resume(rid, tokens, **kw)
+
+  def run(self):
+    time.sleep(self.dt)
+    self.runs += 1
+    return self.inner.run()
+
+
+def test_cell_wait_lets_a_trajectory_join_the_next_decode_call(tok, fences, sandbox):
+  """Trajectory A closes a block (its cell sleeps 50 ms) while B goes on, stopping on a stray
+  backtick every engine call (500 ms each). Without cell_wait A's cell is still running
+  when the engine decodes on, so A resumes one call later; with cell_wait=1 the loop waits for
+  it (up to one call's time) and A resumes before the next call. The trajectories are the same
+  either way."""
+  scripts = {"A": "Compute.\n```python\nimport time\ntime.sleep(0.05)\nprint(7)\n```\nSo 7.",
+             "B": "Think " + " ".join(["`"] * 6) + " done."}
+  got = {}
+  for wait in (0.0, 1.0):
+    engine = ScriptedPolicy(tok, lambda text, index, params: next(
+        v for k, v in scripts.items() if text.startswith(k)))
+    reqs = [Request(p, tuple(tok.encode(p))) for p in scripts]
+    batches = []
+    wrap = lambda b: batches.append(_Unsynchronised(b, 0.5)) or batches[-1]
+    trajs = run_tool_loop(engine, sandbox, tok, reqs,
+                          SamplingParams(temperature=0, max_tokens=200, stop_token_ids=(EOS,)),
+                          fence_ids=fences, cell_wait=wait, wrap=wrap)
+    (batch,) = batches
+    a_resume = [r for r in batch.resumes if r[0] == 0 and r[1] > 0]  # A's tool output
+    assert len(a_resume) == 1 and trajs[0].tool_statuses == ["ok"]
+    got[wait] = a_resume[0][2], [t.token_ids for t in trajs]
+  # A's block closes in some call c (after stray stops on its opening fence): with the wait it
+  # resumes right after c, without it after c + 1.
+  assert got[0.0][0] == got[1.0][0] + 1, (got[0.0][0], got[1.0][0])
+  assert got[0.0][1] == got[1.0][1]

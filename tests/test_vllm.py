@@ -82,3 +82,46 @@ def test_output_follows_new_weights_after_reload(setup):
   assert [r[0].token_ids for r in after] == [r[0].token_ids for r in ours]
   assert [r[0].token_ids for r in after] != [r[0].token_ids for r in before]
   assert engine.reloads + engine.rebuilds == 1
+
+
+def test_per_trajectory_loop_equals_the_rounds_and_continues_from_the_prefix_cache(
+    tmp_path_factory, shared_dir):
+  """The tool loop on vLLM's in-process engine, each trajectory on its own (a request per
+  segment), against the round-based loop (one `generate` per round) on the same export: the
+  same trajectories (tokens, roles, tool statuses, stop reasons; log-probs within 1e-4), and
+  the continuations after a tool output are served by the prefix cache (prompts of 140+
+  tokens: the CPU backend caches whole blocks of 128)."""
+  from autocode_jax.interpreter import Sandbox
+  from autocode_jax.models import load_tokenizer
+  from autocode_jax.rollout.tool_loop import Request, run_tool_loop
+  eos = 151643
+  tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
+  d = str(tmp_path_factory.mktemp("export") / "wide")
+  save_pretrained(init_model(preset("tiny-qwen2").replace(vocab_size=151936), seed=4), d)
+  engine = VllmEngine(d, dtype="float32", max_model_len=512, enforce_eager=True,
+                      kv_cache_memory_bytes=256 << 20)
+  # Sampling only among fences, newlines and print(1): blocks close, cells run, stray
+  # backticks continue.
+  allowed = set(tok.encode("```\nprint(1)\n```")) | set(tok.encode("``")) | {eos}
+  banned = tuple(i for i in range(151936) if i not in allowed)
+  prefix = tuple(tok.encode("```python\nprint(1)\n"))
+  context = " ".join(["word"] * 140)
+  reqs = [Request(q, tuple(tok.encode(context + q)), prefix, "code_prefix", seed=s)
+          for q, s in (("What is 1?", 11), ("One?", 12), ("Say 1.", 13))]
+  params = SamplingParams(temperature=1.0, max_tokens=64, n=4, stop_token_ids=(eos,),
+                          banned_token_ids=banned)
+  with Sandbox(num_workers=2, timeout_s=5.0) as sandbox:
+    rounds = run_tool_loop(engine, sandbox, tok, reqs, params, max_tool_calls=2, rounds=True)
+    # A new engine: its prefix cache holds nothing of the rounds' requests.
+    engine = VllmEngine(d, dtype="float32", max_model_len=512, enforce_eager=True,
+                        kv_cache_memory_bytes=256 << 20)
+    own = run_tool_loop(engine, sandbox, tok, reqs, params, max_tool_calls=2, rounds=False)
+  calls = sum(t.num_tool_calls for t in own)
+  assert calls >= 4  # cells ran
+  for a, b in zip(own, rounds):
+    assert (a.token_ids, a.roles, a.tool_statuses, a.stop_reason) == \
+        (b.token_ids, b.roles, b.tool_statuses, b.stop_reason)
+    np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+  # Every continuation after a tool output found the context's first block in the cache.
+  assert engine.cached_tokens >= 128 * calls
+  assert engine.prefilled_tokens + engine.cached_tokens >= sum(len(t.prompt_ids) for t in own)

@@ -50,8 +50,11 @@ class RolloutSettings:
   jax_chunk: int = option(32, "built-in sampler: decode steps per host round trip")
   tool_loop: str = option("rounds", "rounds: tool calls between synchronised rounds of "
                           "sampling; own: each trajectory on its own, its cells run while "
-                          "others decode (built-in sampler only; vLLM goes in rounds)",
-                          choices=TOOL_LOOPS)
+                          "others decode, it continues from its KV (the built-in sampler's "
+                          "slot, vLLM's prefix cache)", choices=TOOL_LOOPS)
+  cell_wait: float = option(0.0, "tool_loop=own: before decoding on, wait for the cells in "
+                            "flight up to this share of the engine's last call (0: never; on a "
+                            "CPU host, where cells and decoding share the cores, 1 is faster)")
   vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
   vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
   vllm_max_model_len: int = option(4096, "vLLM max_model_len")
@@ -68,6 +71,7 @@ class RolloutSettings:
               "jax_chunk"):
       need(getattr(self, f) > 0, f, "must be positive")
     need(self.vllm_kv_cache_mb >= 0, "vllm_kv_cache_mb", "must be >= 0")
+    need(self.cell_wait >= 0, "cell_wait", "must be >= 0")
     need(0 < self.vllm_gpu_memory_utilization <= 1, "vllm_gpu_memory_utilization",
          "must be in (0, 1]")
 
@@ -89,6 +93,7 @@ class RolloutSession:
   stop_ids: tuple[int, ...]
   fences: tuple[int, ...]
   tool_loop: str = "rounds"
+  cell_wait: float = 0.0
 
   def params(self, *, n: int, temperature: float, top_p: float, max_tokens: int,
              banned_token_ids: tuple[int, ...] = ()) -> SamplingParams:
@@ -115,7 +120,7 @@ class RolloutSession:
     calls = self.max_tool_calls if max_tool_calls is None else max_tool_calls
     return run_tool_loop(self.engine, self.sandbox, self.tokenizer, requests, params,
                          max_tool_calls=calls, fence_ids=self.fences,
-                         rounds=self.tool_loop == "rounds")
+                         rounds=self.tool_loop == "rounds", cell_wait=self.cell_wait)
 
   def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
     """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules, and
@@ -177,7 +182,7 @@ def open_session(settings: RolloutSettings, tokenizer, model_config, *, template
   return RolloutSession(engine, sandbox, tokenizer, grader, template, seed,
                         settings.max_tool_calls, settings.grade_timeout_s,
                         stop_ids(tokenizer, model_config, template), fence_token_ids(tokenizer),
-                        settings.tool_loop)
+                        settings.tool_loop, settings.cell_wait)
 
 
 def vllm_engine(settings: RolloutSettings, model_dir: str, *, dtype: str, seed: int,

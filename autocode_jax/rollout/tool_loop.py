@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import re
+import time
 from typing import Sequence
 
 from autocode_jax.rollout.engine import (GenerateBatch, RolloutEngine, SamplingParams,
@@ -90,18 +91,28 @@ def output_block(output: str, after: str) -> str:
 def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[Request],
                   params: SamplingParams, *, max_tool_calls: int = 4,
                   fence_ids: Sequence[int] | None = None,
-                  rounds: bool = True) -> list[Trajectory]:
+                  rounds: bool = True, cell_wait: float = 0.0,
+                  wrap=None) -> list[Trajectory]:
   """Rolls out `params.n` trajectories per request. No model token is sampled once a response
   (prefix, model and tool tokens together) holds `params.max_tokens`; the last tool output may
   overshoot it.
 
   Each trajectory goes on its own over the engine's batch interface. With `rounds` (and on an
   engine with only `generate`) in synchronised rounds (`engine.GenerateBatch`: each round
-  samples every waiting trajectory from its whole context, then its cells run). Without, on an
-  engine with rollout slots (`JaxSampler`): a cell runs in the sandbox as soon as its block
-  closes while the others decode, and the trajectory continues from its own KV slot (only the
-  tool output is prefilled). Segment r of a seeded request's sample j has the key of
-  derive_seed(seed, j, r) either way, so both give the same tokens."""
+  samples every waiting trajectory from its whole context, then its cells run). Without, over
+  the engine's `rollout_batch`: a cell runs in the sandbox as soon as its block closes while
+  the others decode, and the trajectory continues from its KV: on `JaxSampler` from its own
+  slot (only the tool output is prefilled), on `VllmEngine` as a new request of its whole
+  context that vLLM's prefix cache serves (`vllm_engine.VllmBatch`). Segment r of a seeded request's sample j has the key of
+  derive_seed(seed, j, r) either way, so both give the same tokens.
+
+  cell_wait (per trajectory only): before the engine decodes on, it waits for the cells in
+  flight up to this share of its last call's time, so that their trajectories join the next
+  decode call rather than hold their slots through it. 0 never waits: right where a step
+  costs about the same for any number of busy slots (a GPU); on a CPU a step costs every
+  slot and the cells need the same cores, and waiting is faster (benchmarks/
+  tool_rollout_bench.py measures both). wrap: a function of the
+  batch interface returning another in its place (a benchmark scripts its workload with it)."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
   seeded = {r.seed is not None for r in requests}
   if len(seeded) > 1:
@@ -114,16 +125,16 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
     t.extend(r.prefix_ids, "prefix")
   if trajs:
     _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
-              rounds)
+              rounds, cell_wait, wrap)
   for t in trajs:
     t.text = tokenizer.decode(t.token_ids)
   return trajs
 
 
 def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
-              rounds):
-  """Each trajectory on its own over the engine's batch interface: its slots (`rollout_batch`),
-  or rounds of `generate` calls (`GenerateBatch`)."""
+              rounds, cell_wait, wrap):
+  """Each trajectory on its own over the engine's batch interface: `rollout_batch` (the
+  sampler's slots, vLLM's engine), or rounds of `generate` calls (`GenerateBatch`)."""
   fence_set = set(fences)
   if hasattr(engine, "rollout_batch") and not rounds:
     batch = engine.rollout_batch(params, len(trajs),
@@ -131,6 +142,8 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
                                  fence_ids=fences)
   else:
     batch = GenerateBatch(engine, params, fence_ids=fences, seeded=seeded)
+  if wrap is not None:
+    batch = wrap(batch)
   segment = [0] * len(trajs)
   running: dict[concurrent.futures.Future, tuple[int, str]] = {}
 
@@ -154,7 +167,10 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
   for i in range(len(trajs)):
     go_on(i, None)
   while batch.busy or running:
-    for i, comp in batch.run() if batch.busy else []:
+    start = time.perf_counter()
+    stopped = batch.run() if batch.busy else []
+    last = time.perf_counter() - start
+    for i, comp in stopped:
       t = trajs[i]
       t.extend(comp.token_ids, "model", comp.logprobs)
       t.stop_reason = comp.stop_reason
@@ -168,7 +184,10 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
           go_on(i, [])  # a backtick that closed no block: keep going
       else:
         batch.release(i)
-    if getattr(batch, "synchronous", False):  # rounds: every cell of this one, then the next
+    synchronous = getattr(batch, "synchronous", False)
+    if running and cell_wait > 0 and batch.busy and not synchronous:
+      concurrent.futures.wait(running, timeout=cell_wait * last)
+    if synchronous:  # rounds: every cell of this one, then the next
       finished = list(running)
       concurrent.futures.wait(finished)
     else:

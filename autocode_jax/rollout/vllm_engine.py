@@ -17,6 +17,7 @@ process too (VLLM_ENABLE_V1_MULTIPROCESSING=0, set here before vLLM is imported)
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Sequence
 
@@ -42,40 +43,50 @@ class VllmEngine:
     self.reload_in_place = not current_platform.is_cpu()
     self.reloads = 0
     self.rebuilds = 0
+    self.prefilled_tokens = 0  # prompt tokens computed (not served by the prefix cache)
+    self.cached_tokens = 0  # prompt tokens served by the prefix cache
+
+  def sampling_params(self, params: SamplingParams, seed: int, **kw):
+    """vLLM's SamplingParams for `params` with per-request `seed` (kw: vLLM fields to set)."""
+    if params.stop:
+      raise NotImplementedError("VllmEngine: multi-token stop sequences are not supported by "
+                                "vLLM's token-level API; use stop_token_ids")
+    # Banned tokens: a bias of -inf would be cleaner, but vLLM's logit_bias adds finite values.
+    bias = {int(t): -1e4 for t in params.banned_token_ids} or None
+    return self._vllm.SamplingParams(**{
+        "n": params.n, "temperature": params.temperature, "top_p": params.top_p,
+        "top_k": params.top_k if params.top_k > 0 else -1, "max_tokens": params.max_tokens,
+        "stop_token_ids": list(params.stop_token_ids), "ignore_eos": True, "logprobs": 0,
+        "detokenize": False, "seed": int(seed) % 2**63, "logit_bias": bias, **kw})
 
   def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams,
                seeds: Sequence[int] | None = None) -> list[list[Completion]]:
     """Prompt i samples with vLLM's per-request seed `seeds[i]` (default params.seed + i)."""
-    if params.stop:
-      raise NotImplementedError("VllmEngine: multi-token stop sequences are not supported by "
-                                "vLLM's token-level API; use stop_token_ids")
     from vllm.inputs import TokensPrompt
     requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
     if seeds is None:
       seeds = [params.seed + i for i in range(len(requests))]
     elif len(seeds) != len(requests):
       raise ValueError(f"VllmEngine.generate: {len(seeds)} seeds for {len(requests)} prompts")
-    # Banned tokens: a bias of -inf would be cleaner, but vLLM's logit_bias adds finite values.
-    bias = {int(t): -1e4 for t in params.banned_token_ids} or None
-    sps = [self._vllm.SamplingParams(
-        n=params.n, temperature=params.temperature, top_p=params.top_p,
-        top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_tokens,
-        stop_token_ids=list(params.stop_token_ids), ignore_eos=True, logprobs=0,
-        detokenize=False, seed=int(seeds[i]) % 2**63, logit_bias=bias)
-        for i in range(len(requests))]
+    sps = [self.sampling_params(params, seeds[i]) for i in range(len(requests))]
     outputs = self.llm.generate(requests, sps, use_tqdm=False)
-    results = []
     for out in outputs:
-      row = []
-      for c in sorted(out.outputs, key=lambda c: c.index):
-        ids = tuple(int(t) for t in c.token_ids)
-        lps = tuple(float(step[t].logprob) for t, step in zip(ids, c.logprobs or []))
-        if len(lps) != len(ids):
-          lps = tuple([0.0] * len(ids))
-        reason = "length" if c.finish_reason == "length" else "eos"
-        row.append(Completion(ids, lps, reason))
-      results.append(row)
-    return results
+      self._count(out)
+    return [[_completion(c) for c in sorted(out.outputs, key=lambda c: c.index)]
+            for out in outputs]
+
+  def _count(self, out) -> None:
+    """Counts a finished request's prompt tokens: those computed, those the prefix cache gave."""
+    cached = int(out.num_cached_tokens or 0)
+    self.cached_tokens += cached
+    self.prefilled_tokens += len(out.prompt_token_ids) - cached
+
+  def rollout_batch(self, params: SamplingParams, rows: int, longest: int,
+                    fence_ids: Sequence[int] = ()) -> "VllmBatch":
+    """The per-trajectory batch interface (slots.SlotBatch's) over this engine (rows and
+    longest are the JaxSampler's sizing hints: vLLM schedules its own)."""
+    del rows, longest
+    return VllmBatch(self, params, fence_ids=fence_ids)
 
   def update_weights(self, model_dir: str | None = None) -> None:
     """Loads the (re-exported) weights of `model_dir` (default: the engine's own directory)."""
@@ -107,3 +118,87 @@ class VllmEngine:
 
   def wake_up(self) -> None:
     self.llm.wake_up()
+
+
+def _completion(c) -> Completion:
+  ids = tuple(int(t) for t in c.token_ids)
+  lps = tuple(float(step[t].logprob) for t, step in zip(ids, c.logprobs or []))
+  if len(lps) != len(ids):
+    lps = tuple([0.0] * len(ids))
+  return Completion(ids, lps, "length" if c.finish_reason == "length" else "eos")
+
+
+class VllmBatch:
+  """`slots.SlotBatch`'s per-trajectory interface over vLLM's in-process engine (`LLMEngine`;
+  the calling thread owns it: it has no locks). Each segment of a trajectory is one request of
+  the trajectory's whole context (id `rid/segment`), sampled with the segment's own seed and
+  returned whole when it finishes (`FINAL_ONLY`); vLLM's prefix cache serves the context it
+  computed for the earlier segments, in full blocks (128 tokens on the CPU backend, 16 on
+  GPUs), so a continuation computes the last partial block and the tool output
+  (`VllmEngine.cached_tokens` / `prefilled_tokens` count both). A trajectory waiting on its
+  cell holds no request: the others decode on. `run()` steps the engine until a segment
+  finishes and returns [(rid, Completion)] as SlotBatch.run does."""
+
+  def __init__(self, engine: VllmEngine, params: SamplingParams, *,
+               fence_ids: Sequence[int] = ()):
+    from vllm.sampling_params import RequestOutputKind
+    self.engine, self.params, self.fences = engine, params, tuple(fence_ids)
+    self._final = RequestOutputKind.FINAL_ONLY
+    self.core = engine.llm.llm_engine
+    self.context: dict = {}  # rid -> every token so far (prompt, sampled, appended)
+    self.live: dict[str, object] = {}  # request id -> rid
+    self.segments: collections.Counter = collections.Counter()
+    self.stopped: list = []  # (rid, Completion) stopped at once ("length"), for the next run
+
+  @property
+  def busy(self) -> bool:
+    return bool(self.live or self.stopped)
+
+  def submit(self, rid, prompt: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid in self.context:
+      raise ValueError(f"VllmBatch.submit: trajectory {rid!r} is already held")
+    if not prompt:
+      raise ValueError(f"VllmBatch.submit: trajectory {rid!r} has an empty prompt")
+    self.context[rid] = list(prompt)
+    self._add(rid, seed, budget, fences)
+
+  def resume(self, rid, tokens: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid not in self.context or rid in self.live.values():
+      raise ValueError(f"VllmBatch.resume: trajectory {rid!r} is not stopped")
+    self.context[rid].extend(tokens)
+    self._add(rid, seed, budget, fences)
+
+  def release(self, rid) -> None:
+    if rid not in self.context or rid in self.live.values():
+      raise ValueError(f"VllmBatch.release: trajectory {rid!r} is not stopped")
+    del self.context[rid]
+
+  def _add(self, rid, seed: int, budget: int, fences: bool) -> None:
+    from vllm.inputs import TokensPrompt
+    if budget <= 0:
+      self.stopped.append((rid, Completion((), (), "length")))
+      return
+    stop = self.params.stop_token_ids + (self.fences if fences else ())
+    sp = self.engine.sampling_params(self.params, seed, n=1, max_tokens=budget,
+                                     stop_token_ids=list(stop), output_kind=self._final)
+    request_id = f"{rid}/{self.segments[rid]}"
+    self.segments[rid] += 1
+    self.core.add_request(request_id, TokensPrompt(prompt_token_ids=list(self.context[rid])),
+                          sp)
+    self.live[request_id] = rid
+
+  def run(self) -> list:
+    """Steps the engine until at least one segment finishes; those segments."""
+    stopped, self.stopped = self.stopped, []
+    while self.live and not stopped:
+      for out in self.core.step():
+        if not out.finished or out.request_id not in self.live:
+          continue
+        rid = self.live.pop(out.request_id)
+        self.engine._count(out)
+        comp = _completion(out.outputs[0])
+        self.context[rid].extend(comp.token_ids)
+        stopped.append((rid, comp))
+    return stopped
