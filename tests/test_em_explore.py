@@ -219,6 +219,28 @@ def test_branching_from_the_first_code_block(tok, parts, tmp_path):
                  for r in read_jsonl(str(tmp_path / "it0" / "dtrain.jsonl")))
 
 
+def test_the_branch_points_of_a_chunk_roll_out_together(tok, parts, tmp_path):
+  """Every branch point of a chunk goes through the tool loop in two calls (code allowed, code
+  banned), and each point's continuations and records are those it gets alone."""
+  cfg = _cfg(branching=True, k_branch=2, rollout_chunk=2)
+  session = _session(tok, parts, cfg)
+  calls, roll_out = [], session.roll_out
+  session.roll_out = lambda reqs, params, max_tool_calls=None: (
+      calls.append(len(reqs)) or roll_out(reqs, params, max_tool_calls))
+  explore.run_estep(session, cfg, [Q1, Q2], 1, str(tmp_path / "both"))
+  stats = read_jsonl(str(tmp_path / "both" / "queries.jsonl"))
+  assert [len(s["branches"]) for s in stats] == [1, 1]
+  assert calls == [4, 2, 2]  # 2 queries x 2 probes; then 2 points with code, 2 without
+  _estep(tok, parts, [Q1], 1, tmp_path / "q1", branching=True, k_branch=2, rollout_chunk=2)
+
+  def branch_records(run):
+    return [(r["query_id"], r["group"], r["token_ids"], r["label"], r["reward"],
+             r["advantage"]) for r in read_jsonl(str(tmp_path / run / "dtrain.jsonl"))
+            if r["query_id"] == "q1" and r["probe"].startswith("branch")]
+
+  assert branch_records("both") == branch_records("q1") and branch_records("q1")
+
+
 def test_first_code_fence(tok):
   ids = tok.encode("Compute.\n```python\nprint(1)\n```")
   start, end = explore.first_code_fence(tok, ids)

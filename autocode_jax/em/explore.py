@@ -103,52 +103,88 @@ def curate_rl(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory], i
   return records, summary
 
 
-def branch(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory], iteration: int,
-           rng: np.random.Generator,
-           queries: dict[str, Query]) -> tuple[list[TrainRecord], list[dict]]:
-  """Mid-reasoning branching (METHOD.md, E-step step 6) for up to `branch_per_query` code
-  trajectories of q: from (x, y<t), t the token where the first code block starts, roll out
-  k_branch continuations with code allowed and k_branch with code fences banned; then steps 2-5
-  at the branch point as for a query (estep.curate), the prior from the allowed continuations.
-  The context y<t becomes part of the branch records' prompt: only the continuations are
-  trained on, and the branch's decision row is that context followed by the fence tokens that
-  opened the original block (METHOD.md, Decision term)."""
+@dataclasses.dataclass
+class BranchPoint:
+  """One branch point of a query (METHOD.md, E-step step 6): its group id, the context
+  (x, y<t), t, the fence tokens that opened the original block, and its two requests."""
+  query_id: str
+  group: str
+  at: int
+  fence_ids: list[int]
+  allowed: Request
+  banned: Request
+
+
+def branch_points(session: RolloutSession, cfg, q: Query, trajs: list[Trajectory],
+                  iteration: int, rng: np.random.Generator) -> list[BranchPoint]:
+  """Mid-reasoning branching, first half: up to `branch_per_query` code trajectories of q
+  (drawn with rng), each branched at t, the token where its first code block starts: from
+  (x, y<t), a request with code allowed and one with code fences banned, of the budget left
+  after y<t (`branch` rolls them out)."""
   coded = [t for t in trajs if t.label == 1]
   if not coded:
-    return [], []
+    return []
   picks = rng.choice(len(coded), size=min(cfg.branch_per_query, len(coded)), replace=False)
-  records, summaries = [], []
+  points = []
   for j in sorted(int(i) for i in picks):
     t = coded[j]
     fence = first_code_fence(session.tokenizer, t.token_ids)
     if fence is None or fence[0] == 0:
       continue
     at = fence[0]
-    group = f"{q.id}#branch{j}"
-    ctx = tuple(t.prompt_ids) + tuple(t.token_ids[:at])
-    seed = derive_seed(cfg.seed, iteration, group)
     budget = cfg.max_tokens - at
     if budget <= 0:
       continue
-    sp = sampling(session, cfg, n=cfg.k_branch, max_tokens=budget)
-    allowed = session.roll_out([Request(group, ctx, (), "branch_code", seed)], sp)
-    banned = session.roll_out([Request(group, ctx, (), "branch_plain", seed + 1)],
-                              dataclasses.replace(sp, banned_token_ids=session.fences),
-                              max_tool_calls=0)
-    conts = allowed + banned
-    for c in conts:
-      c.query_id = q.id
-    session.grade(conts, queries)
-    cur = estep.curate([c.label for c in allowed], [c.label for c in conts],
-                       [c.reward for c in conts], cfg.alpha, cfg.k_branch, rng)
-    common = {"pi1": cur.pi1, "q": list(cur.q), "s_star": list(cur.s_star), "group": group,
-              "branch_at": at}
-    fence_ids = list(t.token_ids[fence[0]:fence[1]])
-    records += [to_record(conts[i], iteration, advantage=a, decision_ids=fence_ids, **common)
+    group = f"{q.id}#branch{j}"
+    ctx = tuple(t.prompt_ids) + tuple(t.token_ids[:at])
+    seed = derive_seed(cfg.seed, iteration, group)
+    points.append(BranchPoint(
+        q.id, group, at, list(t.token_ids[fence[0]:fence[1]]),
+        Request(group, ctx, (), "branch_code", seed, max_tokens=budget),
+        Request(group, ctx, (), "branch_plain", seed + 1, max_tokens=budget)))
+  return points
+
+
+def branch(session: RolloutSession, cfg, points: Sequence[BranchPoint],
+           queries: dict[str, Query]) -> list[list[Trajectory]]:
+  """Mid-reasoning branching, second half: every branch point's k_branch continuations with
+  code allowed and k_branch with code fences banned (two tool-loop calls for all the points
+  of a chunk), graded; per point, the allowed continuations then the banned ones."""
+  if not points:
+    return []
+  sp = sampling(session, cfg, n=cfg.k_branch)
+  allowed = session.roll_out([p.allowed for p in points], sp)
+  banned = session.roll_out([p.banned for p in points],
+                            dataclasses.replace(sp, banned_token_ids=session.fences),
+                            max_tool_calls=0)
+  k = cfg.k_branch
+  conts = [allowed[i * k:(i + 1) * k] + banned[i * k:(i + 1) * k] for i in range(len(points))]
+  for p, c in zip(points, conts):
+    for t in c:
+      t.query_id = p.query_id
+  session.grade(allowed + banned, queries)
+  return conts
+
+
+def curate_branches(cfg, points: Sequence[BranchPoint], conts: Sequence[list[Trajectory]],
+                    iteration: int, rng: np.random.Generator, q: Query
+                    ) -> tuple[list[TrainRecord], list[dict]]:
+  """Steps 2-5 at each branch point of q as for a query (estep.curate), the prior from its
+  allowed continuations. The context y<t becomes part of the branch records' prompt: only the
+  continuations are trained on, and the branch's decision row is that context followed by the
+  fence tokens that opened the original block (METHOD.md, Decision term)."""
+  records, summaries = [], []
+  k = cfg.k_branch
+  for p, c in zip(points, conts):
+    cur = estep.curate([t.label for t in c[:k]], [t.label for t in c], [t.reward for t in c],
+                       cfg.alpha, k, rng)
+    common = {"pi1": cur.pi1, "q": list(cur.q), "s_star": list(cur.s_star), "group": p.group,
+              "branch_at": p.at}
+    records += [to_record(c[i], iteration, advantage=a, decision_ids=p.fence_ids, **common)
                 for i, a in zip(cur.picks, cur.advantages)]
-    summaries.append(dict(common, query_id=q.id, rewards=[c.reward for c in conts],
-                          labels=[c.label for c in conts],
-                          grader_failures=failure_counts(c.grade_failure for c in conts)))
+    summaries.append(dict(common, query_id=q.id, rewards=[t.reward for t in c],
+                          labels=[t.label for t in c],
+                          grader_failures=failure_counts(t.grade_failure for t in c)))
   return records, summaries
 
 
@@ -198,14 +234,22 @@ def run_estep(session: RolloutSession, cfg, queries: Sequence[Query], iteration:
     per_query = collections.defaultdict(list)
     for t in trajs:
       per_query[t.query_id].append(t)
-    records, summaries = [], []
+    per_q = []
     for q in chunk:
       rng = np.random.default_rng([cfg.seed, iteration, derive_seed(q.id)])
       recs, summary = curate(session, cfg, q, per_query[q.id], iteration, rng)
       summary["seeds"] = {p: derive_seed(cfg.seed, iteration, q.id, p, "auto")
                           for p in cfg.probes}
-      if cfg.branching and iteration > 0:
-        brecs, bsum = branch(session, cfg, q, per_query[q.id], iteration, rng, by_id)
+      points = (branch_points(session, cfg, q, per_query[q.id], iteration, rng)
+                if cfg.branching and iteration > 0 else None)
+      per_q.append((q, rng, recs, summary, points))
+    everything = [p for *_, points in per_q for p in points or ()]
+    conts = iter(branch(session, cfg, everything, by_id))
+    records, summaries = [], []
+    for q, rng, recs, summary, points in per_q:
+      if points is not None:
+        brecs, bsum = curate_branches(cfg, points, [next(conts) for _ in points], iteration,
+                                      rng, q)
         recs += brecs
         summary["branches"] = bsum
       summary["elapsed_s"] = (time.perf_counter() - t0) / len(chunk)

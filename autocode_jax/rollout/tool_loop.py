@@ -64,13 +64,16 @@ class Request:
   """A prompt to roll out: its token ids, the probe prefix's token ids (empty for vanilla), and
   optionally its own seed: then its rollouts depend on that seed alone, not on which other
   requests share the call (the E-step seeds each query so that a split over hosts changes
-  nothing); mode: the prompt mode it was built in, which its trajectories carry."""
+  nothing); mode: the prompt mode it was built in, which its trajectories carry; max_tokens:
+  its response budget in place of the sampling parameters' (a branch continues part of a
+  response)."""
   query_id: str
   prompt_ids: tuple[int, ...]
   prefix_ids: tuple[int, ...] = ()
   probe: str = "vanilla"
   seed: int | None = None
   mode: str = "auto"
+  max_tokens: int | None = None
 
 
 def fence_token_ids(tokenizer) -> tuple[int, ...]:
@@ -94,8 +97,8 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
                   rounds: bool = True, cell_wait: float = 0.0,
                   wrap=None) -> list[Trajectory]:
   """Rolls out `params.n` trajectories per request. No model token is sampled once a response
-  (prefix, model and tool tokens together) holds `params.max_tokens`; the last tool output may
-  overshoot it.
+  (prefix, model and tool tokens together) holds its request's max_tokens (else
+  `params.max_tokens`); the last tool output may overshoot it.
 
   Each trajectory goes on its own over the engine's batch interface. With `rounds` (and on an
   engine with only `generate`) in synchronised rounds (`engine.GenerateBatch`: each round
@@ -150,7 +153,7 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
   def go_on(i: int, tokens: list[int] | None) -> None:
     """Samples trajectory i's next segment after `tokens` (None: the first, from its prompt)."""
     t = trajs[i]
-    budget = params.max_tokens - len(t.token_ids)
+    budget = (reqs[i].max_tokens or params.max_tokens) - len(t.token_ids)
     if budget <= 0:
       t.stop_reason = "length"
       if tokens is not None:
