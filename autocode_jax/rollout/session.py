@@ -26,7 +26,7 @@ from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, fence_token_ids, run_tool_loop
 
 ENGINES = ("jax", "vllm")
-TOOL_LOOPS = ("rounds", "own")
+TOOL_LOOPS = ("own", "rounds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +48,11 @@ class RolloutSettings:
   jax_slots: int = option(256, "built-in sampler: decode slots at most (rows beyond them wait "
                                "for a finished row's slot)")
   jax_chunk: int = option(32, "built-in sampler: decode steps per host round trip")
-  tool_loop: str = option("rounds", "rounds: tool calls between synchronised rounds of "
-                          "sampling; own: each trajectory on its own, its cells run while "
-                          "others decode, it continues from its KV (the built-in sampler's "
-                          "slot, vLLM's prefix cache)", choices=TOOL_LOOPS)
+  tool_loop: str = option("own", "own: each trajectory on its own, its cells run while others "
+                          "decode, it continues from its KV (the built-in sampler's slot, vLLM's "
+                          "prefix cache); rounds: tool calls between synchronised rounds of "
+                          "sampling, each round from whole contexts (the old loop, for "
+                          "comparison)", choices=TOOL_LOOPS)
   cell_wait: float = option(0.0, "tool_loop=own: before decoding on, wait for the cells in "
                             "flight up to this share of the engine's last call (0: never; on a "
                             "CPU host, where cells and decoding share the cores, 1 is faster)")
@@ -92,7 +93,7 @@ class RolloutSession:
   grade_timeout_s: float
   stop_ids: tuple[int, ...]
   fences: tuple[int, ...]
-  tool_loop: str = "rounds"
+  tool_loop: str = "own"
   cell_wait: float = 0.0
 
   def params(self, *, n: int, temperature: float, top_p: float, max_tokens: int,

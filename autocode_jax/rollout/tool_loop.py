@@ -94,28 +94,29 @@ def output_block(output: str, after: str) -> str:
 def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[Request],
                   params: SamplingParams, *, max_tool_calls: int = 4,
                   fence_ids: Sequence[int] | None = None,
-                  rounds: bool = True, cell_wait: float = 0.0,
+                  rounds: bool = False, cell_wait: float = 0.0,
                   wrap=None) -> list[Trajectory]:
   """Rolls out `params.n` trajectories per request. No model token is sampled once a response
   (prefix, model and tool tokens together) holds its request's max_tokens (else
   `params.max_tokens`); the last tool output may overshoot it.
 
-  Each trajectory goes on its own over the engine's batch interface. With `rounds` (and on an
-  engine with only `generate`) in synchronised rounds (`engine.GenerateBatch`: each round
-  samples every waiting trajectory from its whole context, then its cells run). Without, over
-  the engine's `rollout_batch`: a cell runs in the sandbox as soon as its block closes while
-  the others decode, and the trajectory continues from its KV: on `JaxSampler` from its own
-  slot (only the tool output is prefilled), on `VllmEngine` as a new request of its whole
-  context that vLLM's prefix cache serves (`vllm_engine.VllmBatch`). Segment r of a seeded request's sample j has the key of
-  derive_seed(seed, j, r) either way, so both give the same tokens.
+  Each trajectory goes on its own over the engine's batch interface. By default over the
+  engine's `rollout_batch`: a cell runs in the sandbox as soon as its block closes while the
+  others decode, and the trajectory continues from its KV: on `JaxSampler` from its own slot
+  (only the tool output is prefilled), on `VllmEngine` as a new request of its whole
+  context that vLLM's prefix cache serves (`vllm_engine.VllmBatch`). With `rounds` (and on an
+  engine with only `generate`, such as a scripted test engine) in synchronised rounds
+  (`engine.GenerateBatch`: each round samples every waiting trajectory from its whole context,
+  then its cells run): the old loop, kept for comparison. Segment r of a seeded request's
+  sample j has the key of derive_seed(seed, j, r) either way, so both give the same tokens.
 
   cell_wait (per trajectory only): before the engine decodes on, it waits for the cells in
   flight up to this share of its last call's time, so that their trajectories join the next
   decode call rather than hold their slots through it. 0 never waits: right where a step
   costs about the same for any number of busy slots (a GPU); on a CPU a step costs every
   slot and the cells need the same cores, and waiting is faster (benchmarks/
-  tool_rollout_bench.py measures both). wrap: a function of the
-  batch interface returning another in its place (a benchmark scripts its workload with it)."""
+  tool_rollout_bench.py measures both). wrap: a function of the batch interface returning
+  another in its place (a benchmark scripts its workload with it)."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
   seeded = {r.seed is not None for r in requests}
   if len(seeded) > 1:
