@@ -1,12 +1,13 @@
 """The tool loop in synchronised rounds against each trajectory on its own (its cells run while
 the others decode; it continues from its KV: the built-in sampler's slot, vLLM's prefix cache),
 side by side in one run, per engine and workload. Printed per way: wall time, trajectories/s,
-model tokens/s, prompt tokens computed per model token (the built-in sampler counts every token
-its slots prefill: prompts, whole contexts again in rounds, or only tool outputs on their own;
-vLLM counts the prompt tokens its prefix cache did not serve) and, for vLLM, those the cache
-served; the engine's idle share (the share of the wall time outside the engine's decode and
-prefill calls: waiting on cells, host work), tool calls, and how many trajectories differ from
-the round-based loop's (expected: none).
+model tokens/s (tokens of role `model`: in `longtail` the scripted cells' too), prompt tokens
+computed per model token (the built-in sampler counts every token its slots prefill: prompts,
+whole contexts again in rounds, or only tool outputs on their own; vLLM counts the prompt
+tokens its prefix cache did not serve) and, for vLLM, those the cache served; the engine's idle
+share (the share of the wall time outside the engine's decode and prefill calls: waiting on
+cells, host work), tool calls, and how many trajectories differ from the round-based loop's
+(expected: none).
 
   python benchmarks/tool_rollout_bench.py                         # long tail, a CPU
   python benchmarks/tool_rollout_bench.py --preset=qwen2.5-0.5b --dtype=bfloat16 --rows=256 \\
@@ -19,12 +20,13 @@ Workloads:
   Qwen2.5 tokenizer's) whose turns are scripted, so that lengths and tool calls are spread as a
   math policy's are, while every token is really decoded by the engine and every cell really
   runs in the sandbox. Per trajectory: a prompt of 64-256 random tokens; a response length L
-  (model tokens) drawn from a log-normal of median `median` and sigma `sigma`, clipped to
-  [16, max_tokens - 64]; a number of tool calls c with P(c = 0..4) = `call_mix` (at most one
-  per 64 tokens of L); L split into c + 1 segments at uniform random points. After segment
-  r < c the model "writes" a cell: its tokens (~35) are put in after the sampled ones (appended
-  with the tool output, so they are prefilled, not decoded; the cell ends with a fence token,
-  as a sampled one does) and the cell runs: a busy loop of d seconds of CPU, d log-normal of
+  (the model's tokens, its cells' included) drawn from a log-normal of median `median` and
+  sigma `sigma`, clipped to [16, max_tokens - 64]; a number of tool calls c with P(c = 0..4) =
+  `call_mix` (at most one per 64 tokens of L); L less the cells' tokens split into c + 1
+  sampled segments at uniform random points. After segment r < c the model "writes" a cell:
+  its tokens (~42) are put in after the sampled ones (appended with the tool output, so they
+  are prefilled, not decoded; the cell ends with a fence token, as a sampled one does) and the
+  cell runs: a busy loop of d seconds of CPU, d log-normal of
   median `cell_median_s`, sigma 1.2, clipped to [1 ms, 2 s] (most cells are arithmetic, a few
   load sympy or loop), printing one number. The last segment ends the trajectory at its
   length (as an EOS would). Fence and stop tokens are banned from sampling, so the random
@@ -243,7 +245,7 @@ def longtail(engines):
   calls = [len(p) - 1 for p in plan]
   print(f"device: {jax.device_count()}x {jax.devices()[0].device_kind}; {_PRESET.value} "
         f"(vocab {cfg.vocab_size}, {_DTYPE.value}); {_ROWS.value} trajectories, max_tokens "
-        f"{_LT_MAX.value}; model tokens median {np.median(lengths):.0f} mean "
+        f"{_LT_MAX.value}; sampled tokens median {np.median(lengths):.0f} mean "
         f"{np.mean(lengths):.0f} max {max(lengths)}; tool calls {sum(calls)} "
         f"({np.bincount(calls, minlength=5).tolist()} trajectories with 0..4); cell CPU median "
         f"{_CELL.value}s; {_WORKERS.value} sandbox workers; jax_slots {_SLOTS.value}")
