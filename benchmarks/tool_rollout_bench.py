@@ -82,23 +82,38 @@ _CELL_CODE = ("import time\nt = time.process_time()\nwhile time.process_time() -
               "  pass\nprint({v})")
 
 
-class ScriptedTurns:
-  """A batch interface (slots or rounds) whose trajectories follow a plan: trajectory i's
-  segment r samples exactly plan[i][r][0] tokens (its budget; nothing else stops it), and is
-  followed by cell tokens plan[i][r][1] (none after the last segment). The cell tokens go in
-  with the next continuation, so the KV holds what a policy that wrote them would hold.
-  Counts the seconds spent inside the engine (`busy_s`)."""
+class _Timed:
+  """A batch interface that counts the seconds spent inside the engine (`busy_s`)."""
 
-  def __init__(self, inner, plan):
-    self.inner, self.plan = inner, plan
-    self.segment: dict = {}
-    self.cell: dict = {}
-    self.busy_s = 0.0
+  def __init__(self, inner):
+    self.inner, self.busy_s = inner, 0.0
     self.synchronous = getattr(inner, "synchronous", False)
+
+  def __getattr__(self, name):
+    return getattr(self.inner, name)
 
   @property
   def busy(self):
     return self.inner.busy
+
+  def run(self):
+    start = time.perf_counter()
+    out = self.inner.run()
+    self.busy_s += time.perf_counter() - start
+    return out
+
+
+class ScriptedTurns(_Timed):
+  """A batch interface (slots or rounds) whose trajectories follow a plan: trajectory i's
+  segment r samples exactly plan[i][r][0] tokens (its budget; nothing else stops it), and is
+  followed by cell tokens plan[i][r][1] (none after the last segment). The cell tokens go in
+  with the next continuation, so the KV holds what a policy that wrote them would hold."""
+
+  def __init__(self, inner, plan):
+    super().__init__(inner)
+    self.plan = plan
+    self.segment: dict = {}
+    self.cell: dict = {}
 
   def submit(self, rid, prompt, *, seed, sample=0, budget, fences=False):
     self.segment[rid] = 0
@@ -110,15 +125,9 @@ class ScriptedTurns:
     self.inner.resume(rid, self.cell.pop(rid, ()) + tuple(tokens), seed=seed, sample=sample,
                       budget=min(budget, self.plan[rid][r][0]), fences=False)
 
-  def release(self, rid):
-    self.inner.release(rid)
-
   def run(self):
-    start = time.perf_counter()
-    out = self.inner.run()
-    self.busy_s += time.perf_counter() - start
     scripted = []
-    for rid, comp in out:
+    for rid, comp in super().run():
       r = self.segment[rid]
       n, cell = self.plan[rid][r]
       if cell and len(comp.token_ids) == n:
@@ -184,27 +193,6 @@ def run_way(engine, sandbox, tok, requests, params, fences, rounds, cell_wait, p
     rows.append((dt, pre, cached, sum(w.busy_s for w in wrappers), trajs))
   rows.sort(key=lambda r: r[0])
   return rows[len(rows) // 2]
-
-
-class _Timed:
-  """Counts the seconds inside the engine of an unscripted batch interface."""
-
-  def __init__(self, inner):
-    self.inner, self.busy_s = inner, 0.0
-    self.synchronous = getattr(inner, "synchronous", False)
-
-  def __getattr__(self, name):
-    return getattr(self.inner, name)
-
-  @property
-  def busy(self):
-    return self.inner.busy
-
-  def run(self):
-    start = time.perf_counter()
-    out = self.inner.run()
-    self.busy_s += time.perf_counter() - start
-    return out
 
 
 def report(title, results):

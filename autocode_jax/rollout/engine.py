@@ -63,46 +63,73 @@ class RolloutEngine(Protocol):
     prompt's completions depend on its own seed only, not on the other prompts of the call."""
 
 
-class GenerateBatch:
+class ContextBatch:
+  """What the batch interfaces that keep each trajectory's whole context share (`GenerateBatch`,
+  `vllm_engine.VllmBatch`; `slots.SlotBatch` keeps KV instead): `slots.SlotBatch`'s
+  submit / resume / release, with every token so far per trajectory (`context`) and the
+  trajectories whose segment waits or runs (`pending`). A subclass starts a segment
+  (`_start`) and, from `run`, hands each stopped one to `_finish`."""
+
+  def __init__(self):
+    self.context: dict = {}  # rid -> every token so far (prompt, sampled, appended)
+    self.pending: set = set()  # rids whose segment waits or runs
+
+  @property
+  def busy(self) -> bool:
+    return bool(self.pending)
+
+  def submit(self, rid, prompt: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid in self.context:
+      raise ValueError(f"{type(self).__name__}.submit: trajectory {rid!r} is already held")
+    if not prompt:
+      raise ValueError(f"{type(self).__name__}.submit: trajectory {rid!r} has an empty prompt")
+    self.context[rid] = list(prompt)
+    self.pending.add(rid)
+    self._start(rid, seed, budget, fences)
+
+  def resume(self, rid, tokens: Sequence[int], *, seed: int, sample: int = 0, budget: int,
+             fences: bool = False) -> None:
+    if rid not in self.context or rid in self.pending:
+      raise ValueError(f"{type(self).__name__}.resume: trajectory {rid!r} is not stopped")
+    self.context[rid].extend(tokens)
+    self.pending.add(rid)
+    self._start(rid, seed, budget, fences)
+
+  def release(self, rid) -> None:
+    if rid not in self.context or rid in self.pending:
+      raise ValueError(f"{type(self).__name__}.release: trajectory {rid!r} is not stopped")
+    del self.context[rid]
+
+  def _start(self, rid, seed: int, budget: int, fences: bool) -> None:
+    raise NotImplementedError
+
+  def _finish(self, rid, comp: Completion) -> tuple[object, Completion]:
+    self.context[rid].extend(comp.token_ids)
+    self.pending.discard(rid)
+    return rid, comp
+
+
+class GenerateBatch(ContextBatch):
   """The per-trajectory batch interface of `slots.SlotBatch` over an engine that only has
-  `generate` (vLLM's offline LLM, a scripted test engine, or the built-in sampler asked for
-  rounds): each `run` samples every waiting segment from its whole context in one `generate`
-  call per fence setting, a synchronised round (`synchronous`: the caller lets a round's tool
-  calls finish before the next). A segment samples with its own seed (derive_seed of the
-  request's seed, sample and segment, from the caller); with `seeded` False, round r's call
-  seeds prompt p with params.seed + 1000 r + p, as the round-based loop always did."""
+  `generate` (a scripted test engine, or any engine asked for rounds): each `run` samples
+  every waiting segment from its whole context in one `generate` call per fence setting, a
+  synchronised round (`synchronous`: the caller lets a round's tool calls finish before the
+  next). A segment samples with its own seed (derive_seed of the request's seed, sample and
+  segment, from the caller); with `seeded` False, round r's call seeds prompt p with
+  params.seed + 1000 r + p, as the round-based loop always did."""
 
   synchronous = True
 
   def __init__(self, engine, params: SamplingParams, *, fence_ids: Sequence[int] = (),
                seeded: bool = True):
+    super().__init__()
     self.engine, self.params, self.fences, self.seeded = engine, params, tuple(fence_ids), seeded
-    self.context: dict = {}  # rid -> every token so far (prompt, sampled, appended)
     self.waiting: dict = {}  # rid -> (seed, budget, fences)
     self.rounds = 0
 
-  @property
-  def busy(self) -> bool:
-    return bool(self.waiting)
-
-  def submit(self, rid, prompt: Sequence[int], *, seed: int, sample: int = 0, budget: int,
-             fences: bool = False) -> None:
-    if rid in self.context:
-      raise ValueError(f"GenerateBatch.submit: trajectory {rid!r} is already held")
-    self.context[rid] = list(prompt)
+  def _start(self, rid, seed: int, budget: int, fences: bool) -> None:
     self.waiting[rid] = (seed, budget, fences)
-
-  def resume(self, rid, tokens: Sequence[int], *, seed: int, sample: int = 0, budget: int,
-             fences: bool = False) -> None:
-    if rid not in self.context or rid in self.waiting:
-      raise ValueError(f"GenerateBatch.resume: trajectory {rid!r} is not stopped")
-    self.context[rid].extend(tokens)
-    self.waiting[rid] = (seed, budget, fences)
-
-  def release(self, rid) -> None:
-    if rid in self.waiting:
-      raise ValueError(f"GenerateBatch.release: trajectory {rid!r} is waiting")
-    del self.context[rid]
 
   def run(self) -> list[tuple[object, Completion]]:
     stopped = []
@@ -120,8 +147,7 @@ class GenerateBatch:
         budget = self.waiting[rid][1]
         if len(comp.token_ids) > budget:  # sampling is causal: the cut part is unaffected
           comp = Completion(comp.token_ids[:budget], comp.logprobs[:budget], "length")
-        self.context[rid].extend(comp.token_ids)
-        stopped.append((rid, comp))
+        stopped.append(self._finish(rid, comp))
     self.waiting = {}
     self.rounds += 1
     return sorted(stopped, key=lambda x: x[0])

@@ -21,7 +21,7 @@ from flax import nnx
 from autocode_jax.rollout import slots as slots_lib
 from autocode_jax.rollout.engine import Completion, SamplingParams
 from autocode_jax.rollout.sampling import row_keys, sample_tokens, stop_arrays, stop_hit
-from autocode_jax.rollout.slots import REASONS, SlotBatch, bucket, pow2
+from autocode_jax.rollout.slots import REASONS, SlotBatch, bucket, pow2, round_up
 
 _PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 
@@ -149,7 +149,7 @@ class JaxSampler:
     padded to their buckets (what `generate_static` runs; benchmarks profile it)."""
     rows, row_seeds = self._rows(prompts, params, seeds)
     p = bucket(max(len(r) for r in rows), self.prompt_buckets)
-    b = -(-pow2(len(rows), self.min_batch) // self.shards) * self.shards
+    b = round_up(pow2(len(rows), self.min_batch), self.shards)
     tokens = np.full((b, p), self.pad_id, np.int32)
     mask = np.zeros((b, p), np.int32)
     for i, r in enumerate(rows):

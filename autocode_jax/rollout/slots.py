@@ -202,12 +202,17 @@ def pow2(n: int, floor: int = 1) -> int:
   return max(floor, 1 << (max(n, 1) - 1).bit_length())
 
 
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` >= n (a batch split evenly over its shards)."""
+  return -(-n // multiple) * multiple
+
+
 def bucket(n: int, buckets: Sequence[int]) -> int:
   """The smallest of `buckets` (ascending) that holds n, else a multiple of the largest."""
   for b in buckets:
     if n <= b:
       return b
-  return -(-n // buckets[-1]) * buckets[-1]
+  return round_up(n, buckets[-1])
 
 
 @dataclasses.dataclass
@@ -247,8 +252,8 @@ class SlotBatch:
                prompt_buckets: Sequence[int] | None = None, min_slots: int = 8):
     self.sampler, self.params, self.chunk = sampler, params, chunk
     self.shards = sampler.shards
-    self.slots = -(-slots // self.shards) * self.shards
-    self.min_slots = -(-min_slots // self.shards) * self.shards
+    self.slots = round_up(slots, self.shards)
+    self.min_slots = round_up(min_slots, self.shards)
     self.max_len = max_len
     self.append_tokens = append_tokens
     self.buckets = tuple(prompt_buckets or sampler.prompt_buckets)
@@ -315,7 +320,7 @@ class SlotBatch:
     """Moves the trajectories held into a quarter of the slots or fewer (a power of two, at
     least min_slots) once they fit there: a step costs every slot, busy or not."""
     held = len(self.slot_of) + sum(p.fresh for p in self.waiting)
-    size = -(-max(self.min_slots, pow2(held)) // self.shards) * self.shards
+    size = round_up(max(self.min_slots, pow2(held)), self.shards)
     if 4 * size > self.slots:
       return
     old = sorted(self.slot_of.values())
@@ -355,7 +360,7 @@ class SlotBatch:
     return stopped
 
   def _append_call(self, items: list[_Pending], t: int, fresh: bool) -> None:
-    a = -(-pow2(len(items), min(self.min_slots, self.slots)) // self.shards) * self.shards
+    a = round_up(pow2(len(items), min(self.min_slots, self.slots)), self.shards)
     rows = np.full((a,), self.slots, np.int32)
     tokens = np.full((a, t), self.sampler.pad_id, np.int32)
     count = np.zeros((a,), np.int32)

@@ -148,6 +148,7 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
     batch = GenerateBatch(engine, params, fence_ids=fences, seeded=seeded)
   if wrap is not None:
     batch = wrap(batch)
+  synchronous = getattr(batch, "synchronous", False)
   segment = [0] * len(trajs)
   running: dict[concurrent.futures.Future, tuple[int, str]] = {}
 
@@ -188,13 +189,12 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
           go_on(i, [])  # a backtick that closed no block: keep going
       else:
         batch.release(i)
-    synchronous = getattr(batch, "synchronous", False)
-    if running and cell_wait > 0 and batch.busy and not synchronous:
-      concurrent.futures.wait(running, timeout=cell_wait * last)
     if synchronous:  # rounds: every cell of this one, then the next
       finished = list(running)
       concurrent.futures.wait(finished)
     else:
+      if running and cell_wait > 0 and batch.busy:
+        concurrent.futures.wait(running, timeout=cell_wait * last)
       finished = [f for f in running if f.done()]
       if running and not finished and not batch.busy:  # nothing to decode: wait for a cell
         finished = list(concurrent.futures.wait(

@@ -21,7 +21,7 @@ import collections
 import os
 from typing import Sequence
 
-from autocode_jax.rollout.engine import Completion, SamplingParams
+from autocode_jax.rollout.engine import Completion, ContextBatch, SamplingParams
 
 
 class VllmEngine:
@@ -133,7 +133,7 @@ def _completion(c) -> Completion:
   return Completion(ids, lps, "length" if c.finish_reason == "length" else "eos")
 
 
-class VllmBatch:
+class VllmBatch(ContextBatch):
   """`slots.SlotBatch`'s per-trajectory interface over vLLM's in-process engine (`LLMEngine`;
   the calling thread owns it: it has no locks). Each segment of a trajectory is one request of
   the trajectory's whole context (id `rid/segment`), sampled with the segment's own seed and
@@ -147,43 +147,18 @@ class VllmBatch:
   def __init__(self, engine: VllmEngine, params: SamplingParams, *,
                fence_ids: Sequence[int] = ()):
     from vllm.sampling_params import RequestOutputKind
+    super().__init__()
     self.engine, self.params, self.fences = engine, params, tuple(fence_ids)
     self._final = RequestOutputKind.FINAL_ONLY
     self.core = engine.llm.llm_engine
-    self.context: dict = {}  # rid -> every token so far (prompt, sampled, appended)
     self.live: dict[str, object] = {}  # request id -> rid
     self.segments: collections.Counter = collections.Counter()
-    self.stopped: list = []  # (rid, Completion) stopped at once ("length"), for the next run
+    self.stopped: list = []  # rids stopped at once ("length"), for the next run
 
-  @property
-  def busy(self) -> bool:
-    return bool(self.live or self.stopped)
-
-  def submit(self, rid, prompt: Sequence[int], *, seed: int, sample: int = 0, budget: int,
-             fences: bool = False) -> None:
-    if rid in self.context:
-      raise ValueError(f"VllmBatch.submit: trajectory {rid!r} is already held")
-    if not prompt:
-      raise ValueError(f"VllmBatch.submit: trajectory {rid!r} has an empty prompt")
-    self.context[rid] = list(prompt)
-    self._add(rid, seed, budget, fences)
-
-  def resume(self, rid, tokens: Sequence[int], *, seed: int, sample: int = 0, budget: int,
-             fences: bool = False) -> None:
-    if rid not in self.context or rid in self.live.values():
-      raise ValueError(f"VllmBatch.resume: trajectory {rid!r} is not stopped")
-    self.context[rid].extend(tokens)
-    self._add(rid, seed, budget, fences)
-
-  def release(self, rid) -> None:
-    if rid not in self.context or rid in self.live.values():
-      raise ValueError(f"VllmBatch.release: trajectory {rid!r} is not stopped")
-    del self.context[rid]
-
-  def _add(self, rid, seed: int, budget: int, fences: bool) -> None:
+  def _start(self, rid, seed: int, budget: int, fences: bool) -> None:
     from vllm.inputs import TokensPrompt
     if budget <= 0:
-      self.stopped.append((rid, Completion((), (), "length")))
+      self.stopped.append(rid)
       return
     stop = self.params.stop_token_ids + (self.fences if fences else ())
     sp = self.engine.sampling_params(self.params, seed, n=1, max_tokens=budget,
@@ -196,14 +171,13 @@ class VllmBatch:
 
   def run(self) -> list:
     """Steps the engine until at least one segment finishes; those segments."""
-    stopped, self.stopped = self.stopped, []
+    stopped = [self._finish(rid, Completion((), (), "length")) for rid in self.stopped]
+    self.stopped = []
     while self.live and not stopped:
       for out in self.core.step():
         if not out.finished or out.request_id not in self.live:
           continue
-        rid = self.live.pop(out.request_id)
         self.engine._count(out)
-        comp = _completion(out.outputs[0])
-        self.context[rid].extend(comp.token_ids)
-        stopped.append((rid, comp))
+        stopped.append(self._finish(self.live.pop(out.request_id),
+                                    _completion(out.outputs[0])))
     return stopped
