@@ -6,6 +6,7 @@ sft data; evaluation rows through the same session."""
 import dataclasses
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -225,8 +226,8 @@ def test_the_branch_points_of_a_chunk_roll_out_together(tok, parts, tmp_path):
   cfg = _cfg(branching=True, k_branch=2, rollout_chunk=2)
   session = _session(tok, parts, cfg)
   calls, roll_out = [], session.roll_out
-  session.roll_out = lambda reqs, params, max_tool_calls=None: (
-      calls.append(len(reqs)) or roll_out(reqs, params, max_tool_calls))
+  session.roll_out = lambda reqs, params, **kw: calls.append(len(reqs)) or roll_out(
+      reqs, params, **kw)
   explore.run_estep(session, cfg, [Q1, Q2], 1, str(tmp_path / "both"))
   stats = read_jsonl(str(tmp_path / "both" / "queries.jsonl"))
   assert [len(s["branches"]) for s in stats] == [1, 1]
@@ -239,6 +240,41 @@ def test_the_branch_points_of_a_chunk_roll_out_together(tok, parts, tmp_path):
             if r["query_id"] == "q1" and r["probe"].startswith("branch")]
 
   assert branch_records("both") == branch_records("q1") and branch_records("q1")
+
+
+def test_a_trajectory_is_graded_as_soon_as_it_ends(tok, parts):
+  """q2's rollout ends in the first engine call; q1's goes on through three more (a stray
+  backtick ends each, 0.3 s apiece). roll_out(grade=...) grades q2's in the real grader while
+  q1's still rolls out, and returns both graded as session.grade grades them."""
+  stray = "Hm " + " ".join(["`"] * 3) + " so \\boxed{42}."
+  session = _session(tok, parts, _cfg(), pick=lambda text, index, params: (
+      stray if "6 times 7" in text else PLAIN_RIGHT))
+  calls, graded, generate, grade = [], {}, session.engine.generate, session.grade
+
+  def slow(*a, **kw):
+    calls.append(time.monotonic())
+    time.sleep(0.3)
+    return generate(*a, **kw)
+
+  def timed(trajs, queries):
+    graded[trajs[0].query_id] = time.monotonic()
+    grade(trajs, queries)
+
+  session.engine.generate, session.grade = slow, timed
+  reqs = [session.request(q, "vanilla", 0) for q in (Q1, Q2)]
+  params = session.params(n=1, temperature=0.0, top_p=1.0, max_tokens=200)
+  trajs = session.roll_out(reqs, params, grade={"q1": Q1, "q2": Q2})
+  assert len(calls) == 4 and set(graded) == {"q1", "q2"}
+  assert calls[0] < graded["q2"] < calls[2]  # after its call, before q1's last two
+  assert graded["q1"] > calls[3]
+  assert [(t.query_id, t.reward, t.grade_failure) for t in trajs] == [
+      ("q1", 1.0, None), ("q2", 1.0, None)]
+  again = session.roll_out(reqs, params)
+  assert [t.reward for t in again] == [None, None]
+  grade(again, {"q1": Q1, "q2": Q2})
+  assert [t.reward for t in again] == [t.reward for t in trajs]
+  with pytest.raises(ValueError, match=r"grade has no query for \['q2'\]"):
+    session.roll_out(reqs, params, grade={"q1": Q1})
 
 
 def test_first_code_fence(tok):

@@ -153,6 +153,9 @@ def test_a_config_json_of_the_former_field_names_resumes(tmp_path):
   flat.update(flat.pop("rollout"))
   assert flat["sandbox_workers"] == 1 and "rollout" not in flat
   assert config_lib.config_from_json(flat) == cfg
+  retired = cfg.to_json()
+  retired["rollout"]["tool_loop"] = "rounds"  # a setting since retired: dropped
+  assert config_lib.config_from_json(retired) == cfg
   new = cfg.to_json()
   new["rollout_budget"] = 3
   with pytest.raises(flagging.ConfigError, match="^rollout_budget: not a field"):

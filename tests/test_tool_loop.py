@@ -175,15 +175,12 @@ def test_per_trajectory_loop_equals_the_rounds_and_prefills_no_token_twice(tok, 
   prompts = sum(len(t.prompt_ids) + len(prefix) for t in own)
   tools = sum(r == "tool" for t in own for r in t.roles)
   assert tools > 0 and sampler.prefilled_tokens - before == prompts + tools
-  # The session's --tool_loop setting picks the loop (rounds prefill whole contexts again).
-  for loop, want in (("own", prompts + tools), ("rounds", None)):
-    session = RolloutSession(sampler, sandbox, tok, None, "plain", 0, 2, 5.0, (EOS,), fences,
-                             loop)
-    before = sampler.prefilled_tokens
-    got = session.roll_out(reqs, params)
-    assert [t.token_ids for t in got] == [t.token_ids for t in own]
-    prefilled = sampler.prefilled_tokens - before
-    assert prefilled == want if want else prefilled > prompts + tools
+  # The session rolls out the same way (each trajectory on its own, from its slot).
+  session = RolloutSession(sampler, sandbox, tok, None, "plain", 0, 2, 5.0, (EOS,), fences)
+  before = sampler.prefilled_tokens
+  got = session.roll_out(reqs, params)
+  assert [t.token_ids for t in got] == [t.token_ids for t in own]
+  assert sampler.prefilled_tokens - before == prompts + tools
 
 
 class _Unsynchronised:

@@ -239,19 +239,23 @@ RENAMED = {"optimizer": {"name": "optimizer", "schedule": "lr_schedule", "b1": "
                          "b2": "adam_b2", "eps": "adam_eps"},
            "loss": {"aggregation": "loss_aggregation"},
            "": {"synthetic_code_share": "corpus_code_share"}}  # "": the run's own fields
+# Fields a config.json of an older version may hold that are no longer settings, dropped on
+# resume: tool_loop chose between two tool loops that gave the same rollouts (one remains).
+RETIRED = {"rollout": {"tool_loop"}}
 # Parts whose fields a config.json of an older version holds at the top level.
 NESTED = {"optimizer": OptimizerConfig, "loss": LossConfig, "rollout": RolloutSettings}
 
 
 def config_from_json(d: dict) -> RunConfig:
   """The RunConfig of a run directory's config.json (to_json's), of this version or an older
-  one (RENAMED; the rollout settings at the top level); an unknown field is a ConfigError
-  naming it."""
+  one (RENAMED, RETIRED; the rollout settings at the top level); an unknown field is a
+  ConfigError naming it."""
   d = {RENAMED[""].get(k, k): v for k, v in d.items()}
   for part, cls in NESTED.items():
     if part not in d:  # written before the part was nested: its fields are at the top level
       d[part] = {f.name: d.pop(f.name) for f in dataclasses.fields(cls) if f.name in d}
-    fields = {RENAMED.get(part, {}).get(k, k): v for k, v in d[part].items()}
+    fields = {RENAMED.get(part, {}).get(k, k): v for k, v in d[part].items()
+              if k not in RETIRED.get(part, ())}
     unknown = set(fields) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ConfigError(f"{part}.{sorted(unknown)[0]}", "not a field of this version")

@@ -153,16 +153,16 @@ def branch(session: RolloutSession, cfg, points: Sequence[BranchPoint],
   if not points:
     return []
   sp = sampling(session, cfg, n=cfg.k_branch)
-  allowed = session.roll_out([p.allowed for p in points], sp)
+  golds = {p.group: queries[p.query_id] for p in points}  # requests carry the group id
+  allowed = session.roll_out([p.allowed for p in points], sp, grade=golds)
   banned = session.roll_out([p.banned for p in points],
                             dataclasses.replace(sp, banned_token_ids=session.fences),
-                            max_tool_calls=0)
+                            max_tool_calls=0, grade=golds)
   k = cfg.k_branch
   conts = [allowed[i * k:(i + 1) * k] + banned[i * k:(i + 1) * k] for i in range(len(points))]
   for p, c in zip(points, conts):
     for t in c:
       t.query_id = p.query_id
-  session.grade(allowed + banned, queries)
   return conts
 
 
@@ -229,8 +229,7 @@ def run_estep(session: RolloutSession, cfg, queries: Sequence[Query], iteration:
     chunk = todo[start:start + cfg.rollout_chunk]
     reqs = [session.request(q, p, iteration) for q in chunk for p in cfg.probes]
     t0 = time.perf_counter()
-    trajs = session.roll_out(reqs, sampling(session, cfg))
-    session.grade(trajs, by_id)
+    trajs = session.roll_out(reqs, sampling(session, cfg), grade=by_id)
     per_query = collections.defaultdict(list)
     for t in trajs:
       per_query[t.query_id].append(t)

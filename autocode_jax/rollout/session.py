@@ -7,15 +7,17 @@ trajectories under their source dataset's rules.
 
   session = open_session(cfg.rollout, tokenizer, model_config, template=..., seed=...,
                          model=... | model_dir=...)
-  trajs = session.roll_out([session.request(q, "vanilla", iteration)], session.params(...))
-  session.grade(trajs, {q.id: q})
+  trajs = session.roll_out([session.request(q, "vanilla", iteration)], session.params(...),
+                           grade={q.id: q})  # graded as each ends; or session.grade(trajs, ...)
   session.close()
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
+import functools
 from typing import Sequence
 
 from autocode_jax.data.datasets import grading_rules
@@ -26,7 +28,6 @@ from autocode_jax.rollout.engine import SamplingParams, derive_seed
 from autocode_jax.rollout.tool_loop import Request, Trajectory, fence_token_ids, run_tool_loop
 
 ENGINES = ("jax", "vllm")
-TOOL_LOOPS = ("own", "rounds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +49,9 @@ class RolloutSettings:
   jax_slots: int = option(256, "built-in sampler: decode slots at most (rows beyond them wait "
                                "for a finished row's slot)")
   jax_chunk: int = option(32, "built-in sampler: decode steps per host round trip")
-  tool_loop: str = option("own", "own: each trajectory on its own, its cells run while others "
-                          "decode, it continues from its KV (the built-in sampler's slot, vLLM's "
-                          "prefix cache); rounds: tool calls between synchronised rounds of "
-                          "sampling, each round from whole contexts (the old loop, for "
-                          "comparison)", choices=TOOL_LOOPS)
-  cell_wait: float = option(0.0, "tool_loop=own: before decoding on, wait for the cells in "
-                            "flight up to this share of the engine's last call (0: never; on a "
-                            "CPU host, where cells and decoding share the cores, 1 is faster)")
+  cell_wait: float = option(0.0, "before decoding on, wait for the cells in flight up to this "
+                            "share of the engine's last call (0: never; on a CPU host, where "
+                            "cells and decoding share the cores, 1 is faster)")
   vllm_tensor_parallel: int = option(1, "vLLM tensor_parallel_size")
   vllm_gpu_memory_utilization: float = option(0.5, "vLLM gpu_memory_utilization")
   vllm_max_model_len: int = option(4096, "vLLM max_model_len")
@@ -93,8 +89,9 @@ class RolloutSession:
   grade_timeout_s: float
   stop_ids: tuple[int, ...]
   fences: tuple[int, ...]
-  tool_loop: str = "own"
   cell_wait: float = 0.0
+  _grading: concurrent.futures.ThreadPoolExecutor | None = dataclasses.field(
+      default=None, init=False, repr=False)
 
   def params(self, *, n: int, temperature: float, top_p: float, max_tokens: int,
              banned_token_ids: tuple[int, ...] = ()) -> SamplingParams:
@@ -116,12 +113,35 @@ class RolloutSession:
     return tuple(self.tokenizer.encode(CODE_PREFIX))
 
   def roll_out(self, requests: Sequence[Request], params: SamplingParams,
-               max_tool_calls: int | None = None) -> list[Trajectory]:
-    """The requests through the tool loop (max_tool_calls: the session's unless given)."""
+               max_tool_calls: int | None = None,
+               grade: dict[str, Query] | None = None) -> list[Trajectory]:
+    """The requests through the tool loop (max_tool_calls: the session's unless given).
+    grade: the queries by the requests' query ids; each trajectory is then graded (as `grade`
+    does) as soon as it ends, in the grader's processes while the others roll out, and comes
+    back with its reward."""
     calls = self.max_tool_calls if max_tool_calls is None else max_tool_calls
-    return run_tool_loop(self.engine, self.sandbox, self.tokenizer, requests, params,
-                         max_tool_calls=calls, fence_ids=self.fences,
-                         rounds=self.tool_loop == "rounds", cell_wait=self.cell_wait)
+    loop = functools.partial(run_tool_loop, self.engine, self.sandbox, self.tokenizer, requests,
+                             params, max_tool_calls=calls, fence_ids=self.fences,
+                             cell_wait=self.cell_wait)
+    if grade is None:
+      return loop()
+    missing = sorted({r.query_id for r in requests} - grade.keys())
+    if missing:
+      raise ValueError(f"RolloutSession.roll_out: grade has no query for {missing[:5]}")
+    if self._grading is None:
+      self._grading = concurrent.futures.ThreadPoolExecutor(
+          getattr(self.grader, "num_workers", 1), "grading")
+    pending = []
+    try:
+      trajs = loop(on_done=lambda t: pending.append(
+          self._grading.submit(self.grade, [t], {t.query_id: grade[t.query_id]})))
+    except BaseException:
+      for f in pending:
+        f.cancel()
+      raise
+    for f in pending:
+      f.result()
+    return trajs
 
   def grade(self, trajs: Sequence[Trajectory], queries: dict[str, Query]) -> None:
     """Sets each trajectory's reward (0/1), grading per source dataset's extraction rules, and
@@ -144,12 +164,13 @@ class RolloutSession:
       raise ValueError(f"roll_out_modes: n={n} greedy samples would all be equal; set a "
                        "temperature")
     reqs = [self.request(q, "vanilla", 0, mode=m) for m in modes for q in queries]
-    trajs = self.roll_out(reqs, self.params(n=n, temperature=temperature, top_p=1.0,
-                                            max_tokens=max_tokens))
-    self.grade(trajs, {q.id: q for q in queries})
-    return trajs
+    return self.roll_out(reqs, self.params(n=n, temperature=temperature, top_p=1.0,
+                                           max_tokens=max_tokens),
+                         grade={q.id: q for q in queries})
 
   def close(self) -> None:
+    if self._grading is not None:
+      self._grading.shutdown(wait=True)
     self.sandbox.close()
     self.grader.close()
 
@@ -183,7 +204,7 @@ def open_session(settings: RolloutSettings, tokenizer, model_config, *, template
   return RolloutSession(engine, sandbox, tokenizer, grader, template, seed,
                         settings.max_tool_calls, settings.grade_timeout_s,
                         stop_ids(tokenizer, model_config, template), fence_token_ids(tokenizer),
-                        settings.tool_loop, settings.cell_wait)
+                        settings.cell_wait)
 
 
 def vllm_engine(settings: RolloutSettings, model_dir: str, *, dtype: str, seed: int,

@@ -95,7 +95,7 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
                   params: SamplingParams, *, max_tool_calls: int = 4,
                   fence_ids: Sequence[int] | None = None,
                   rounds: bool = False, cell_wait: float = 0.0,
-                  wrap=None) -> list[Trajectory]:
+                  on_done=None, wrap=None) -> list[Trajectory]:
   """Rolls out `params.n` trajectories per request. No model token is sampled once a response
   (prefix, model and tool tokens together) holds its request's max_tokens (else
   `params.max_tokens`); the last tool output may overshoot it.
@@ -107,7 +107,8 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   context that vLLM's prefix cache serves (`vllm_engine.VllmBatch`). With `rounds` (and on an
   engine with only `generate`, such as a scripted test engine) in synchronised rounds
   (`engine.GenerateBatch`: each round samples every waiting trajectory from its whole context,
-  then its cells run): the old loop, kept for comparison. Segment r of a seeded request's
+  then its cells run): the old loop, no longer a setting, kept as the baseline of the tests
+  and of benchmarks/tool_rollout_bench.py. Segment r of a seeded request's
   sample j has the key of derive_seed(seed, j, r) either way, so both give the same tokens.
 
   cell_wait (per trajectory only): before the engine decodes on, it waits for the cells in
@@ -115,8 +116,10 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   decode call rather than hold their slots through it. 0 never waits: right where a step
   costs about the same for any number of busy slots (a GPU); on a CPU a step costs every
   slot and the cells need the same cores, and waiting is faster (benchmarks/
-  tool_rollout_bench.py measures both). wrap: a function of the batch interface returning
-  another in its place (a benchmark scripts its workload with it)."""
+  tool_rollout_bench.py measures both). on_done(trajectory): called from the loop's thread as
+  each trajectory ends, its text set, while the others go on (the session grades it there).
+  wrap: a function of the batch interface returning another in its place (a benchmark
+  scripts its workload with it)."""
   fences = tuple(fence_token_ids(tokenizer) if fence_ids is None else fence_ids)
   seeded = {r.seed is not None for r in requests}
   if len(seeded) > 1:
@@ -127,16 +130,21 @@ def run_tool_loop(engine: RolloutEngine, sandbox, tokenizer, requests: Sequence[
   reqs = [r for r in requests for _ in range(params.n)]
   for t, r in zip(trajs, reqs):
     t.extend(r.prefix_ids, "prefix")
+
+  def end(i: int) -> None:
+    t = trajs[i]
+    t.text = tokenizer.decode(t.token_ids)
+    if on_done is not None:
+      on_done(t)
+
   if trajs:
     _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
-              rounds, cell_wait, wrap)
-  for t in trajs:
-    t.text = tokenizer.decode(t.token_ids)
+              rounds, cell_wait, wrap, end)
   return trajs
 
 
 def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, max_tool_calls,
-              rounds, cell_wait, wrap):
+              rounds, cell_wait, wrap, end):
   """Each trajectory on its own over the engine's batch interface: `rollout_batch` (the
   sampler's slots, vLLM's engine), or rounds of `generate` calls (`GenerateBatch`)."""
   fence_set = set(fences)
@@ -160,6 +168,7 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
       t.stop_reason = "length"
       if tokens is not None:
         batch.release(i)
+      end(i)
       return
     seed = (derive_seed(reqs[i].seed, t.sample, segment[i]) if seeded
             else derive_seed(params.seed, i, segment[i]))
@@ -189,6 +198,7 @@ def _roll_out(engine, sandbox, tokenizer, trajs, reqs, seeded, params, fences, m
           go_on(i, [])  # a backtick that closed no block: keep going
       else:
         batch.release(i)
+        end(i)
     if synchronous:  # rounds: every cell of this one, then the next
       finished = list(running)
       concurrent.futures.wait(finished)
