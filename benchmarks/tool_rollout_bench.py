@@ -37,7 +37,8 @@ Workloads:
   demo run's trained policy (which writes code in some answers, so cells run). Needs
   --model_dir and --tokenizer_dir of a demo run.
 
-Each way runs once to compile, then `repeats` times timed (the median is printed).
+Each way runs once to compile, then `repeats` times timed (the median is printed); on vLLM the
+prefix cache is emptied before each timed run, so that it serves only what that run computed.
 """
 
 import os
@@ -184,6 +185,8 @@ def run_way(engine, sandbox, tok, requests, params, fences, rounds, cell_wait, p
   go()  # compile
   rows = []
   for _ in range(repeats):
+    if hasattr(engine, "llm"):  # vLLM: contexts computed by an earlier run are not cached
+      engine.llm.reset_prefix_cache()
     before = [getattr(engine, a, 0) for a in ("prefilled_tokens", "cached_tokens")]
     start = time.perf_counter()
     trajs = go()

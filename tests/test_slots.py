@@ -268,3 +268,29 @@ def test_the_slots_shrink_as_trajectories_end_and_tokens_stay(model):
         [(c.token_ids, c.stop_reason) for c in fixed[rid]]
     for c, d in zip(shrunk[rid], fixed[rid]):
       np.testing.assert_allclose(c.logprobs, d.logprobs, atol=1e-5)
+
+
+def test_a_chunk_leaves_early_for_waiting_trajectories(model):
+  """8 slots, chunk 32: 4 trajectories of budget 2 and 4 of budget 30 decode, 4 more wait.
+  Once the short ones have stopped (half the slots), the chunk leaves, so the waiting take
+  their slots after 2 steps, not 30; with nothing waiting the chunk runs on. The tokens are
+  those of each trajectory alone."""
+  sampler = JaxSampler(model, chunk=32)
+  prompts = _prompts(12, 20)
+  params = SamplingParams(temperature=1.0, top_p=0.9)  # no stop tokens: budgets end them
+  batch = sampler.slot_batch(params, slots=8, max_len=96, min_slots=8)
+  for i, p in enumerate(prompts):
+    batch.submit(i, p, seed=i, budget=2 if i < 4 else 30)
+  first = dict(batch.run())
+  assert sorted(first) == [0, 1, 2, 3]
+  assert all(len(batch.live[s][1]) == 2 for s in batch.live)  # the long ones: 2 tokens so far
+  for rid in first:
+    batch.release(rid)
+  second = dict(batch.run())  # the 4 waiting took the freed slots; nothing waits now
+  assert sorted(second) == list(range(4, 12))  # one chunk: 28 and 30 steps
+  out = {**first, **second}
+  assert sorted(out) == list(range(12))
+  for i in (0, 5, 9):
+    alone = _one(sampler, prompts[i], params, seed=i, budget=2 if i < 4 else 30, slots=8,
+                 max_len=96)
+    assert out[i].token_ids == alone.token_ids

@@ -7,8 +7,9 @@ state donated to each so nothing copies the cache:
   free slot, "fresh": the program reads no cache) or a continuation such as a tool output
   (after the slot's own last token, attending to its cache), and leaves the next distribution
   ready. One program per (rows, tokens) bucket.
-- `_decode_chunk` runs up to `chunk` steps over all slots, leaving early once none runs; a slot
-  that stops writes nothing more and draws no key. One host transfer per chunk.
+- `_decode_chunk` runs up to `chunk` steps over all slots, leaving early once none runs, or,
+  while new trajectories wait, once enough slots have stopped to take them; a slot that stops
+  writes nothing more and draws no key. One host transfer per chunk.
 Shapes never depend on how many slots are busy. `SlotBatch` is the host loop over them: submit a
 prompt or continue a stopped trajectory, run a chunk, collect what stopped and why; a finished
 trajectory's slot is released for a waiting one at once.
@@ -134,9 +135,12 @@ def _append(graphdef, state, slots: Slots, rows_a, tokens_at, count_a, key_a, bu
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("chunk", "greedy"),
                    donate_argnames=("slots",))
 def _decode_chunk(graphdef, pad_id, state, slots: Slots, eos_e, fence_f, stops_sl, stop_lens_s,
-                  banned_v, temperature, top_p, top_k, *, chunk: int, greedy: bool):
-  """Up to `chunk` steps over all slots: (slots, tokens [B, chunk], log-probs [B, chunk],
-  tokens sampled per slot [B]); slot b's tokens of this chunk are tokens[b, :count[b]]."""
+                  banned_v, temperature, top_p, top_k, leave_idle, *, chunk: int,
+                  greedy: bool):
+  """Up to `chunk` steps over all slots, leaving early once none runs or once `leave_idle`
+  slots (a traced int: B + 1 never) do not run: (slots, tokens [B, chunk], log-probs
+  [B, chunk], tokens sampled per slot [B]); slot b's tokens of this chunk are
+  tokens[b, :count[b]]."""
   TRACES["decode"] += 1
   model = nnx.merge(graphdef, state)
   b, s = slots.valid.shape
@@ -147,7 +151,8 @@ def _decode_chunk(graphdef, pad_id, state, slots: Slots, eos_e, fence_f, stops_s
 
   def cond(c):
     i, sl, *_ = c
-    return (i < chunk) & jnp.any(sl.running)
+    running = jnp.sum(sl.running)
+    return (i < chunk) & (running > 0) & (b - running < leave_idle)
 
   def body(c):
     i, sl, out, lps, count = c
@@ -379,12 +384,23 @@ class SlotBatch:
       self.state = _append(self.sampler.graphdef, self.sampler.state, self.state, rows, tokens,
                            count, keys, budget, fences, fresh=fresh)
 
+  def _leave_idle(self) -> int:
+    """When the decode chunk leaves early: while new trajectories wait for a slot, once
+    min(waiting, slots / 2) more of its slots have stopped (the waiting take them at the next
+    `run`; a slot idles until then), else never (slots + 1). Measured on the demo's E-step
+    (benchmarks/tool_rollout_bench.py, 2 CPU cores): leaving once slots / 8 stopped made
+    chunks of 1-4 steps, and the admissions between them cost more than the idle slots."""
+    fresh = sum(p.fresh for p in self.waiting)
+    if not fresh:
+      return self.slots + 1
+    return self.slots - len(self.live) + max(1, min(fresh, self.slots // 2))
+
   def _decode(self) -> list[tuple[Hashable, Completion]]:
     greedy = bool(self.params.temperature == 0)
     with self._mesh():
       self.state, out, lps, count = _decode_chunk(
           self.sampler.graphdef, self.sampler.pad_id, self.sampler.state, self.state,
-          *self._consts, chunk=self.chunk, greedy=greedy)
+          *self._consts, jnp.int32(self._leave_idle()), chunk=self.chunk, greedy=greedy)
     out, lps, count, running, reason = jax.device_get(
         (out, lps, count, self.state.running, self.state.reason))
     stopped = []
