@@ -198,12 +198,15 @@ def run_way(engine, sandbox, tok, requests, params, fences, rounds, cell_wait, p
   return rows[len(rows) // 2]
 
 
-def report(title, results):
+def report(title, runs):
+  """Prints the table of `runs` ((way, run_way's result) pairs, the rounds first), a row as
+  each way finishes (a long run shows its figures as it goes)."""
   print(title)
   print(f"  {'way':14s} {'time':>8s} {'traj/s':>8s} {'model tok/s':>11s} {'prefill/tok':>11s} "
-        f"{'cached/tok':>10s} {'idle':>6s} {'calls':>6s} {'ratio':>6s} {'differ':>7s}")
+        f"{'cached/tok':>10s} {'idle':>6s} {'calls':>6s} {'ratio':>6s} {'differ':>7s}",
+        flush=True)
   base = None
-  for name, (dt, pre, cached, busy, trajs) in results.items():
+  for name, (dt, pre, cached, busy, trajs) in runs:
     model = sum(r == "model" for t in trajs for r in t.roles)
     calls = sum(t.num_tool_calls for t in trajs)
     if base is None:
@@ -212,7 +215,8 @@ def report(title, results):
     pre_s = f"{pre / model:11.2f}" if pre else f"{'-':>11s}"
     cached_s = f"{cached / model:10.2f}" if cached else f"{'-':>10s}"
     print(f"  {name:14s} {dt:7.2f}s {len(trajs) / dt:8.2f} {model / dt:11.1f} {pre_s} {cached_s} "
-          f"{1 - busy / dt:6.1%} {calls:6d} {base / dt:5.2f}x {differ:4d}/{len(trajs)}")
+          f"{1 - busy / dt:6.1%} {calls:6d} {base / dt:5.2f}x {differ:4d}/{len(trajs)}",
+          flush=True)
 
 
 def longtail(engines):
@@ -246,9 +250,9 @@ def longtail(engines):
         engine = JaxSampler(model, max_slots=_SLOTS.value, chunk=_CHUNK.value)
       else:
         engine = _vllm(model, tok, save_pretrained)
-      results = {w: run_way(engine, sandbox, tok, requests, params, fences, rounds, wait, plan,
-                            _REPEATS.value) for w, rounds, wait in ways()}
-      report(f"longtail, engine {name}:", results)
+      report(f"longtail, engine {name}:",
+             ((w, run_way(engine, sandbox, tok, requests, params, fences, rounds, wait, plan,
+                          _REPEATS.value)) for w, rounds, wait in ways()))
 
 
 def _vllm(model, tok, save_pretrained):
@@ -278,11 +282,11 @@ def demo(engines):
       requests = [session.request(q, probe, 0) for q in queries
                   for probe in ("vanilla", "code_prefix")]
       params = session.params(n=_K.value, temperature=1.0, top_p=0.9, max_tokens=96)
-      results = {w: run_way(session.engine, session.sandbox, tok, requests, params,
-                            session.fences, rounds, wait, None, _REPEATS.value)
-                 for w, rounds, wait in ways()}
       report(f"demo E-step ({len(requests) * _K.value} trajectories: {_QUERIES.value} queries "
-             f"x 2 probes x k={_K.value}, max_tokens 96), engine {name}:", results)
+             f"x 2 probes x k={_K.value}, max_tokens 96), engine {name}:",
+             ((w, run_way(session.engine, session.sandbox, tok, requests, params,
+                          session.fences, rounds, wait, None, _REPEATS.value))
+              for w, rounds, wait in ways()))
     finally:
       session.close()
 

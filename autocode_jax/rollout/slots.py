@@ -388,8 +388,9 @@ class SlotBatch:
     """When the decode chunk leaves early: while new trajectories wait for a slot, once
     min(waiting, slots / 2) more of its slots have stopped (the waiting take them at the next
     `run`; a slot idles until then), else never (slots + 1). Measured on the demo's E-step
-    (benchmarks/tool_rollout_bench.py, 2 CPU cores): leaving once slots / 8 stopped made
-    chunks of 1-4 steps, and the admissions between them cost more than the idle slots."""
+    workload (2 CPU cores; the issue 35 note): leaving once slots / 8 had stopped made chunks
+    of 1-4 steps whose admissions cost more than the idle slots; slots / 2 was the fastest
+    of 8, 4 and 2."""
     fresh = sum(p.fresh for p in self.waiting)
     if not fresh:
       return self.slots + 1
