@@ -129,8 +129,7 @@ class RolloutSession:
     if missing:
       raise ValueError(f"RolloutSession.roll_out: grade has no query for {missing[:5]}")
     if self._grading is None:
-      self._grading = concurrent.futures.ThreadPoolExecutor(
-          getattr(self.grader, "num_workers", 1), "grading")
+      self._grading = concurrent.futures.ThreadPoolExecutor(self.grader.num_workers, "grading")
     pending = []
     try:
       trajs = loop(on_done=lambda t: pending.append(

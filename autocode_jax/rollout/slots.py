@@ -316,15 +316,16 @@ class SlotBatch:
   def run(self) -> list[tuple[Hashable, Completion]]:
     """Admits what waits, runs one decode chunk; the segments that stopped, in slot order."""
     stopped = self.admit()
-    self._shrink()
+    fresh = sum(p.fresh for p in self.waiting)  # new trajectories still waiting for a slot
+    self._shrink(fresh)
     if self.live:
-      stopped += self._decode()
+      stopped += self._decode(fresh)
     return stopped
 
-  def _shrink(self) -> None:
+  def _shrink(self, fresh: int) -> None:
     """Moves the trajectories held into a quarter of the slots or fewer (a power of two, at
     least min_slots) once they fit there: a step costs every slot, busy or not."""
-    held = len(self.slot_of) + sum(p.fresh for p in self.waiting)
+    held = len(self.slot_of) + fresh
     size = round_up(max(self.min_slots, pow2(held)), self.shards)
     if 4 * size > self.slots:
       return
@@ -384,24 +385,23 @@ class SlotBatch:
       self.state = _append(self.sampler.graphdef, self.sampler.state, self.state, rows, tokens,
                            count, keys, budget, fences, fresh=fresh)
 
-  def _leave_idle(self) -> int:
+  def _leave_idle(self, fresh: int) -> int:
     """When the decode chunk leaves early: while new trajectories wait for a slot, once
     min(waiting, slots / 2) more of its slots have stopped (the waiting take them at the next
     `run`; a slot idles until then), else never (slots + 1). Measured on the demo's E-step
     workload (2 CPU cores; the issue 35 note): leaving once slots / 8 had stopped made chunks
     of 1-4 steps whose admissions cost more than the idle slots; slots / 2 was the fastest
     of 8, 4 and 2."""
-    fresh = sum(p.fresh for p in self.waiting)
     if not fresh:
       return self.slots + 1
     return self.slots - len(self.live) + max(1, min(fresh, self.slots // 2))
 
-  def _decode(self) -> list[tuple[Hashable, Completion]]:
+  def _decode(self, fresh: int) -> list[tuple[Hashable, Completion]]:
     greedy = bool(self.params.temperature == 0)
     with self._mesh():
       self.state, out, lps, count = _decode_chunk(
           self.sampler.graphdef, self.sampler.pad_id, self.sampler.state, self.state,
-          *self._consts, jnp.int32(self._leave_idle()), chunk=self.chunk, greedy=greedy)
+          *self._consts, jnp.int32(self._leave_idle(fresh)), chunk=self.chunk, greedy=greedy)
     out, lps, count, running, reason = jax.device_get(
         (out, lps, count, self.state.running, self.state.reason))
     stopped = []
