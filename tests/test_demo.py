@@ -110,20 +110,27 @@ def test_sweep_refuses_bad_flags(tmp_path):
   assert not (tmp_path / "s").exists()
 
 
-def _row(method, it, auto, cot=0.5, code=0.5, sel=0.9):
+def _row(method, it, auto, cot=0.5, code=0.5, sel=0.9, union=1.0):
   return {"method": method, "iteration": it, "auto_acc": auto, "cot_acc": cot, "code_acc": code,
-          "selection_acc": sel, "invocation_rate": 0.4, "updates": it, "rollouts": 8 * it}
+          "selection_acc": sel, "invocation_rate": 0.4, "updates": it, "rollouts": 8 * it,
+          "union_bound": union, "decided_code_acc": 0.75, "code_there_acc": 1.0}
 
 
 def test_sweep_table_checks_the_issue_targets():
   from autocode_jax.demo.driver import sweep_table
+  # seed 0: EM - RL = 15.0, auto 5.0 under its union bound; seed 1: EM - RL = 5.0, 45 under it
   ok = [_row(m, 0, 0.6) for m in ("em", "rl", "sft")] + [
-      _row("em", 1, 0.975), _row("rl", 1, 0.875), _row("sft", 1, 0.6)]  # EM - RL = 10.0 points
+      _row("em", 1, 0.95), _row("rl", 1, 0.8), _row("sft", 1, 0.6)]
   short = [_row(m, 0, 0.6) for m in ("em", "rl")] + [
       _row("em", 1, 0.55, cot=0.6, sel=0.8), _row("rl", 1, 0.5)]
   table = sweep_table([{"code_share": 0.1, "seed": 0, "rows": ok},
                        {"code_share": 0.1, "seed": 1, "rows": short}])
   lines = table.splitlines()
-  assert lines[2].endswith("| 10.0 | lead, sel, auto>both |")
-  assert lines[3].endswith("| - | 5.0 | no lead, no sel, auto<=mode |")  # no SFT run: "-"
-  assert lines[4].startswith("| 0.1 | mean | 60.0 |") and "| 76.2 |" in lines[4]
+  assert "| 95.0 | 100.0 |" in lines[2] and "| 75.0 | 100.0 |" in lines[2]
+  assert lines[2].endswith("| 15.0 | near union, EM >= RL, sel, auto>both |")
+  assert lines[3].endswith("| - | 5.0 | under union, EM >= RL, no sel, auto<=mode |")  # no SFT
+  assert lines[4].startswith("| 0.1 | mean | 60.0 |") and "| 75.0 |" in lines[4]
+  assert lines[4].endswith("| 10.0 | mean lead |")  # (15 + 5) / 2
+  behind = [_row(m, 0, 0.6) for m in ("em", "rl")] + [_row("em", 1, 0.7), _row("rl", 1, 0.75)]
+  lines = sweep_table([{"code_share": 0.1, "seed": 2, "rows": behind}]).splitlines()
+  assert "under union, EM < RL" in lines[2] and lines[3].endswith("| -5.0 | no mean lead |")

@@ -32,6 +32,9 @@ def test_greedy_analysis_by_hand():
   assert a["selection_queries"] == 3 and a["selection_accuracy"] == pytest.approx(2 / 3)
   assert a["invocation_hist"] == [2, 2]  # rates 0, 1, 0, 1 -> bins [0, .5) and [.5, 1]
   assert a["queries"] == 4
+  # auto used code on b and d, right on both; the code mode is right on both too
+  assert a["decided_code_queries"] == 2
+  assert a["decided_code_accuracy"] == 1.0 and a["code_mode_accuracy_there"] == 1.0
 
 
 def test_sampled_pass_at_1_and_selection():
@@ -53,6 +56,11 @@ def test_sampled_pass_at_1_and_selection():
   # q1's right pick is plain: 3 of 4 auto samples; q2's is code: 3 of 4.
   assert a["selection_accuracy"] == pytest.approx((0.75 + 0.75) / 2)
   assert invocation_histogram(rows, bins=4) == [0, 1, 0, 1]  # rates .25, .75: bins [.25,.5), [.75,1]
+  # auto's code samples: q1 one, wrong (0); q2 three, two right (2/3); the code mode there:
+  # q1 1/4, q2 2/4
+  assert a["decided_code_queries"] == 2
+  assert a["decided_code_accuracy"] == pytest.approx((0 + 2 / 3) / 2)
+  assert a["code_mode_accuracy_there"] == pytest.approx((0.25 + 0.5) / 2)
   with pytest.raises(ValueError, match="mode 'nope'"):
     pass_at_1(rows, "nope")
 
@@ -61,3 +69,5 @@ def test_no_selection_queries():
   rows = _rows([("a", "cot", [(1, 0)]), ("a", "code", [(1, 1)]), ("a", "auto", [(1, 0)])])
   a = autocode_analysis(rows)
   assert a["selection_queries"] == 0 and a["selection_accuracy"] is None
+  assert a["decided_code_queries"] == 0 and a["decided_code_accuracy"] is None
+  assert a["code_mode_accuracy_there"] is None

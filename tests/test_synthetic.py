@@ -2,6 +2,7 @@
 running the reference code in the sandbox; the trap families' code solutions are wrong."""
 
 import collections
+import dataclasses
 import pathlib
 
 import pytest
@@ -78,31 +79,42 @@ def test_warm_start_corpus_mixes_plain_and_code(problems, shared_dir):
   from autocode_jax.data.synthetic.corpus import warm_start_examples
   ex = warm_start_examples(problems, seed=1, code_share=0.5)
   assert len(ex) == 200 and ex == warm_start_examples(problems, seed=1, code_share=0.5)
-  auto = [e for e in ex if e.mode == "auto"]
+  auto, others = ex[0::2], ex[1::2]  # each problem's plain-prompt answer, then its told one
+  assert all(e.mode == "auto" and not e.prefix_given for e in auto)
   coded = [e for e in auto if "```python" in e.response]
   assert 0.35 < len(coded) / len(auto) < 0.65  # undecided: code about half the time
   # Every plain-prompt code answer opens with P, no plain answer does: pi(P|x) is the decision.
   assert all(e.prefix == CODE_PREFIX for e in coded)
   assert not any(e.prefix for e in auto if e not in coded)
   # A base-model-like start: the plain prompt rarely leads to code (the demo's share, 0.1).
-  low = [e for e in warm_start_examples(problems, seed=1, code_share=0.1) if e.mode == "auto"]
+  low = warm_start_examples(problems, seed=1, code_share=0.1)[0::2]
   assert 0.03 < sum("```python" in e.response for e in low) / len(low) < 0.2
-  assert [e for e in warm_start_examples(problems, seed=1, code_share=0.1)
-          if e.mode != "auto"] == [
-      e for e in ex if e.mode != "auto"]  # the mode-following half does not depend on it
+  assert warm_start_examples(problems, seed=1, code_share=0.1)[1::2] == others  # not on the share
   with pytest.raises(ValueError, match="code_share=1.5"):
     warm_start_examples(problems, 0, code_share=1.5)
-  others = [e for e in ex if e.mode != "auto"]
-  assert {e.mode for e in others} == {"cot", "code"}
-  assert all(("```python" in e.response) == (e.mode == "code") for e in others)
-  # As SFT records: the prefix is trained on, output blocks are tool tokens.
+  # Told how to answer: cot for half the problems; code under the code prompt for a quarter and
+  # after a given P (the code_prefix probe's context) for a quarter, every family in each.
+  kind = lambda e: "given P" if e.prefix_given else e.mode
+  assert [kind(e) for e in others[:4]] == ["cot", "code", "cot", "given P"]
+  assert sum(kind(e) == "code" for e in others) == sum(kind(e) == "given P" for e in others) == 25
+  assert all(e.mode == "auto" and e.prefix == CODE_PREFIX for e in others if e.prefix_given)
+  assert all(("```python" in e.response) == (kind(e) != "cot") for e in others)
+  fams = lambda k: {p.family for p, e in zip(problems, others) if kind(e) == k}
+  assert fams("code") == fams("given P") == set(FAMILIES)
+  # As SFT records: a learnt prefix is trained on, a given one is context (role p, out of the
+  # loss, as in the code_prefix probe's rollouts); output blocks are tool tokens.
   tok = load_tokenizer(str(shared_dir / "data" / "tokenizers" / "qwen2.5" / "derived"))
   with_prefix = next(e for e in coded if e.prefix)
-  (r,) = sft_records(tok, "plain", [with_prefix], 0, 151643)
+  given = next(e for e in others if e.prefix_given)
+  (r, g) = sft_records(tok, "plain", [with_prefix, given], 0, 151643)
   n = len(tok.encode(with_prefix.prefix))
   assert r.roles[:n] == "m" * n and "t" in r.roles and r.text.startswith(CODE_PREFIX)
-  assert list(r.token_ids[:n]) == tok.encode(CODE_PREFIX)  # the probe's tokens, then a newline
-  assert r.text.startswith(CODE_PREFIX + "\nLet me compute it.")
+  assert g.roles[:n] == "p" * n and g.roles[n] == "m" and g.model_mask[:n] == [False] * n
+  assert g.label == 1 and g.prompt_ids == sft_records(tok, "plain", [
+      dataclasses.replace(given, prefix="", prefix_given=False)], 0, 151643)[0].prompt_ids
+  for rec in (r, g):
+    assert list(rec.token_ids[:n]) == tok.encode(CODE_PREFIX)  # the probe's tokens, a newline
+    assert rec.text.startswith(CODE_PREFIX + "\nLet me compute it.")
   code_prompt = sft_records(tok, "plain", [next(e for e in others if e.mode == "code")], 0,
                             151643)[0]
   assert MODE_INSTRUCTIONS["code"] in tok.decode(code_prompt.prompt_ids)

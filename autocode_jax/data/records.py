@@ -28,9 +28,11 @@ class Query:
 @dataclasses.dataclass(frozen=True)
 class SftExample:
   """A supervised example: the query, its prompt mode (cot / code / auto), the response text,
-  and an opening `prefix` tokenised on its own (as the code-probe prefix is in rollouts) and
-  trained on like the rest."""
+  and an opening `prefix` tokenised on its own (as the code-probe prefix is in rollouts):
+  written by the model and trained on like the rest, or with `prefix_given` part of the context
+  (out of the loss), as the code_prefix probe appends it to the prompt."""
   query: Query
   response: str
   mode: str = "auto"
   prefix: str = ""
+  prefix_given: bool = False

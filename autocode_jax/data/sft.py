@@ -16,7 +16,8 @@ def sft_records(tokenizer, template: str, examples: Sequence[SftExample], iterat
                 end_id: int) -> list[TrainRecord]:
   """Each example's response under its mode's prompt (`template`: chat | plain), ended by
   `end_id` (rollout.session.end_id); an opening prefix is tokenised on its own, as the
-  code_prefix probe's is, and a newline separates it from the response. ```output blocks in a
+  code_prefix probe's is, and a newline separates it from the response; a given prefix is
+  context (role p, out of the loss, as in the probe's rollouts), any other is model text. ```output blocks in a
   response are tool tokens (tokenised on their own, out of the loss), the rest is model text."""
   out = []
   for ex in examples:
@@ -25,7 +26,7 @@ def sft_records(tokenizer, template: str, examples: Sequence[SftExample], iterat
       raise ValueError(f"sft: query {q.id} of {q.source} has no solution to train on")
     prompt = build_prompt(q.problem, ex.mode, "vanilla", template, tokenizer)
     ids = tokenizer.encode(ex.prefix) if ex.prefix else []  # as the probe tokenises it
-    roles, pos = ["m"] * len(ids), 0
+    roles, pos = ["p" if ex.prefix_given else "m"] * len(ids), 0
     text = ("\n" if ex.prefix else "") + ex.response.strip()
     for m in _OUTPUT_BLOCK.finditer(text):
       for piece, role in ((text[pos:m.start()], "m"), (m.group(0), "t")):

@@ -13,6 +13,10 @@ have several rows per mode (n samples).
   queries of the fraction of `auto` samples whose decision (label) picked that mode.
 - Code-invocation rate per query: the fraction of its `auto` samples that executed code; its
   histogram over [0, 1] (Fig. 5 of the paper, one per training phase).
+- Code once decided: over the queries on which some `auto` sample executed code, the mean over
+  queries of those samples' correctness, beside the `code` mode's pass@1 on the same queries:
+  whether the code the model writes when it chooses code is as good as the code it writes when
+  asked to.
 """
 
 from __future__ import annotations
@@ -77,6 +81,17 @@ def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
     out["selection_accuracy"] = float(np.mean(picks)) if picks else None
   if "auto" in modes:
     out["invocation_hist"] = invocation_histogram(rows, bins=bins)
+  if "auto" in modes and "code" in modes:
+    decided = collections.defaultdict(list)
+    for r in rows:
+      if r["mode"] == "auto" and r["label"]:
+        decided[r["query_id"]].append(r["correct"])
+    there = [q for q in sorted(decided) if (q, "code") in pq]
+    out["decided_code_queries"] = len(there)
+    out["decided_code_accuracy"] = (float(np.mean([np.mean(decided[q]) for q in there]))
+                                    if there else None)
+    out["code_mode_accuracy_there"] = (float(np.mean([pq[(q, "code")]["accuracy"]
+                                                      for q in there])) if there else None)
   return out
 
 

@@ -2,11 +2,18 @@
 - under the plain (`auto`) prompt, answered with code with probability `code_share` and in plain
   text otherwise, whatever the problem: the undecided start of Fig. 6. With a low share the
   model defaults to plain reasoning, as base models do unless prompted (the paper's Fig. 1);
-- under the `cot` or the `code` prompt with the matching solution, so that it follows the mode
-  instructions.
-Every `auto` code answer opens with the code-probe prefix P, and no plain answer does: the
-model's unprompted code decision is then the decision the M-step's decision term scores
-(pi(P | x)), and P, whether the model writes it or the probe appends it, leads to code.
+- with a solution it is told how to write: the `cot` prompt and the plain solution (half the
+  problems), the `code` prompt and the code (a quarter), or the plain prompt followed by the
+  code-probe prefix P, given as context and not learnt, and the code (a quarter), so that it
+  follows the mode instructions and writes code after P, whoever wrote P, as well as under the
+  `code` prompt.
+Every `auto` code answer opens with P, and no plain answer does: the model's unprompted code
+decision is then the decision the M-step's decision term scores (pi(P | x)). Why the given P
+(issue 36): with code after P learnt only in the `code_share` of plain-prompt answers that use
+code, the warm start's code after P was a weaker skill than under the `code` prompt (at seeds
+1 and 2, `modpow` code copied the question's numbers right in 20% and 0% of the problems after
+P, against 95% and 75% under the `code` prompt), which a base model's coding skill is not, and
+EM's code_prefix probe found little working code to learn from.
 """
 
 from __future__ import annotations
@@ -35,7 +42,12 @@ def warm_start_examples(problems: Sequence[Problem], seed: int, *,
       out.append(SftExample(q, p.code, "auto", CODE_PREFIX))
     else:
       out.append(SftExample(q, p.plain, "auto"))
-    out.append(SftExample(q, p.code, "code") if i % 2 else SftExample(q, p.plain, "cot"))
+    if i % 2 == 0:
+      out.append(SftExample(q, p.plain, "cot"))
+    elif i % 4 == 1:
+      out.append(SftExample(q, p.code, "code"))
+    else:  # the code_prefix probe's context: P given (not learnt), then the code
+      out.append(SftExample(q, p.code, "auto", CODE_PREFIX, prefix_given=True))
   return out
 
 
