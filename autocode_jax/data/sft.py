@@ -17,8 +17,9 @@ def sft_records(tokenizer, template: str, examples: Sequence[SftExample], iterat
   """Each example's response under its mode's prompt (`template`: chat | plain), ended by
   `end_id` (rollout.session.end_id); an opening prefix is tokenised on its own, as the
   code_prefix probe's is, and a newline separates it from the response; a given prefix is
-  context (role p, out of the loss, as in the probe's rollouts), any other is model text. ```output blocks in a
-  response are tool tokens (tokenised on their own, out of the loss), the rest is model text."""
+  context (role p, out of the loss, as in the probe's rollouts), any other is model text.
+  ```output blocks in a response are tool tokens (tokenised on their own, out of the loss), the
+  rest is model text."""
   out = []
   for ex in examples:
     q = ex.query

@@ -11,9 +11,9 @@ Every `auto` code answer opens with P, and no plain answer does: the model's unp
 decision is then the decision the M-step's decision term scores (pi(P | x)). Why the given P
 (issue 36): with code after P learnt only in the `code_share` of plain-prompt answers that use
 code, the warm start's code after P was a weaker skill than under the `code` prompt (at seeds
-1 and 2, `modpow` code copied the question's numbers right in 20% and 0% of the problems after
-P, against 95% and 75% under the `code` prompt), which a base model's coding skill is not, and
-EM's code_prefix probe found little working code to learn from.
+1 and 2, its `modpow` code copied the question's numbers right on 22.5% and 0% of unseen
+problems after P, against 90% and 82.5% under the `code` prompt), which a base model's coding
+skill is not, and EM's code_prefix probe found little working code to learn from.
 """
 
 from __future__ import annotations
