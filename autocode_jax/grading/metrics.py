@@ -82,14 +82,11 @@ def autocode_analysis(rows: Sequence[dict], bins: int = 10) -> dict:
   if "auto" in modes:
     out["invocation_hist"] = invocation_histogram(rows, bins=bins)
   if "auto" in modes and "code" in modes:
-    decided = collections.defaultdict(list)
-    for r in rows:
-      if r["mode"] == "auto" and r["label"]:
-        decided[r["query_id"]].append(r["correct"])
-    there = [q for q in sorted(decided) if (q, "code") in pq]
+    decided = per_query([r for r in rows if r["mode"] == "auto" and r["label"]])
+    there = [q for q, _ in sorted(decided) if (q, "code") in pq]
     out["decided_code_queries"] = len(there)
-    out["decided_code_accuracy"] = (float(np.mean([np.mean(decided[q]) for q in there]))
-                                    if there else None)
+    out["decided_code_accuracy"] = (float(np.mean([decided[(q, "auto")]["accuracy"]
+                                                   for q in there])) if there else None)
     out["code_mode_accuracy_there"] = (float(np.mean([pq[(q, "code")]["accuracy"]
                                                       for q in there])) if there else None)
   return out
